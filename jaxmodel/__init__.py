@@ -1,0 +1,28 @@
+"""jaxmodel: vectorized, differentiable performance models of LLM inference hardware.
+
+Design points are pytrees (:class:`Architecture`, :class:`Workload`, :class:`System`,
+:class:`Efficiency`) whose magnitudes are JAX arrays, so every metric can be jit-compiled,
+vmapped over millions of points and differentiated.
+"""
+
+from .architectures import Architecture as Architecture
+from .architectures import active_parameters as active_parameters
+from .architectures import parameter_breakdown as parameter_breakdown
+from .architectures import total_parameters as total_parameters
+from .efficiency import Efficiency as Efficiency
+from .efficiency import ideal as ideal
+from .hardware import Chip as Chip
+from .hardware import Interconnect as Interconnect
+from .hardware import System as System
+from .hf_config import load_hf_config as load_hf_config
+from .inference import evaluate as evaluate
+from .predict import breakdown as breakdown
+from .predict import predict as predict
+from .presets import list_hardware as list_hardware
+from .presets import list_models as list_models
+from .presets import load_calibration as load_calibration
+from .presets import load_hardware as load_hardware
+from .presets import load_model as load_model
+from .workload import Workload as Workload
+
+__version__ = "0.1.0"

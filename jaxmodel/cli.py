@@ -1,0 +1,171 @@
+"""The ``jaxmodel`` command.
+
+    jaxmodel explore                  the main job: a million-point chip sweep (defaults built in)
+    jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+                     --output-tokens 256 --tp 4 --json
+    jaxmodel bench --json             pipeline throughput (points/s) and compile time
+    jaxmodel list                     available models, hardware and calibrations
+
+Errors are reported as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import bench, explore, presets
+from .predict import breakdown, predict
+from .workload import ACTIVATION_DTYPES, ATTENTION_IMPLS, DTYPE_BYTES, LM_HEAD_TOKENS, Workload
+
+PREDICT_EXAMPLE = """example:
+  jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 \\
+      --input-tokens 1024 --output-tokens 256 --tp 4 --calibration ideal --json
+  jaxmodel predict --model path/to/config.json --hardware a100-sxm-80gb --batch 1 \\
+      --input-tokens 512 --output-tokens 128 --breakdown
+"""
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="metrics of one design point",
+                       epilog=PREDICT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="preset name or path to a HuggingFace config.json")
+    p.add_argument("--hardware", required=True, help="hardware preset (see `jaxmodel list`)")
+    p.add_argument("--batch", type=int, required=True, help="concurrent sequences")
+    p.add_argument("--input-tokens", type=int, required=True, help="prompt tokens per sequence")
+    p.add_argument("--output-tokens", type=int, required=True, help="generated tokens per sequence")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree (MoE only)")
+    p.add_argument("--dtype", default="bf16", choices=ACTIVATION_DTYPES, help="weights, activations and KV cache")
+    p.add_argument("--weight-dtype", choices=sorted(DTYPE_BYTES), help="override the weight format")
+    p.add_argument("--kv-dtype", choices=sorted(DTYPE_BYTES), help="override the KV-cache format")
+    p.add_argument("--fidelity", default="roofline", choices=["roofline"], help="time model")
+    p.add_argument("--calibration", default="ideal", help="efficiency set; 'ideal' = pure roofline")
+    p.add_argument("--attention", default="flash", choices=ATTENTION_IMPLS, help="attention kernel")
+    p.add_argument("--lm-head-tokens", default="last", choices=LM_HEAD_TOKENS,
+                   help="prefill logits for the last prompt token (vLLM) or all of them")
+    p.add_argument("--memory-utilization", type=float, default=0.9, help="usable fraction of device memory")
+    p.add_argument("--chunk-tokens", type=int, help="also report a chunked-prefill step with this chunk size")
+    p.add_argument("--breakdown", action="store_true", help="print the per-operator table")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_predict(args) -> int:
+    arch = presets.load_model(args.model)
+    system = presets.load_hardware(args.hardware)
+    eff = presets.load_calibration(args.calibration)
+    wl = Workload(
+        batch=args.batch, input_tokens=args.input_tokens, output_tokens=args.output_tokens, tp=args.tp,
+        pp=args.pp, ep=args.ep, dtype=args.dtype, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+        attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens,
+        memory_utilization=args.memory_utilization, chunk_tokens=args.chunk_tokens or 512,
+    )
+    result = predict(arch, wl, system, eff, chunked_step=args.chunk_tokens is not None)
+    result.update(model=args.model, hardware=args.hardware, calibration=args.calibration, fidelity=args.fidelity)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_summary(result)
+    if args.breakdown:
+        table = breakdown(arch, wl, system, eff)
+        table = table[table["repeat"] > 0]
+        cols = ["phase", "op", "repeat", "flops", "weight_bytes", "act_bytes", "kv_bytes", "comm_bytes",
+                "time_s", "total_s", "bound"]
+        print(table[cols].to_string(index=False), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _print_summary(r: dict) -> None:
+    lines = [
+        ("prefill (whole batch)", f"{r['prefill_s'] * 1e3:.3f} ms"),
+        ("TTFT", f"{r['ttft_s'] * 1e3:.3f} ms"),
+        ("decode step / TPOT", f"{r['tpot_s'] * 1e3:.3f} ms"),
+        ("end-to-end latency", f"{r['e2e_latency_s']:.3f} s"),
+        ("throughput", f"{r['throughput_tok_s']:.1f} tok/s ({r['throughput_per_device_tok_s']:.1f} per device)"),
+        ("memory per device", f"{r['memory_bytes'] / 1e9:.2f} GB of {r['usable_memory_bytes'] / 1e9:.2f} GB usable"
+                              f" (weights {r['weight_bytes'] / 1e9:.2f}, KV {r['kv_cache_bytes'] / 1e9:.2f},"
+                              f" activations {r['activation_bytes'] / 1e9:.2f})"),
+        ("largest batch that fits", f"{r['max_batch']:.0f}"),
+        ("status", r["status_text"]),
+    ]
+    if "chunked_step_s" in r:
+        lines.insert(4, ("chunked step", f"{r['chunked_step_s'] * 1e3:.3f} ms"))
+    for name, value in lines:
+        print(f"{name:>24}: {value}")
+
+
+def cmd_bench(args) -> int:
+    result = bench.run(points=args.points, chunk_size=args.chunk_size, with_genz=not args.no_genz)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['points']:,} design points of {result['model']} ({result['metrics_per_point']})")
+        print(f"  compile: {result['compile_s']:.2f} s   run: {result['run_s']:.2f} s   "
+              f"throughput: {result['points_per_s']:,.0f} points/s on {result['devices']} {result['backend']} device(s)")
+        if result["genz_s_per_point"]:
+            print(f"  GenZ: {result['genz_s_per_point'] * 1e3:.1f} ms per point -> "
+                  f"jaxmodel is {result['speedup_vs_genz']:,.0f}x faster per point")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    cfg = explore.ExploreConfig(model=args.model, hardware=args.hardware, input_tokens=args.input_tokens,
+                                output_tokens=args.output_tokens, ttft_slo_s=args.ttft_ms / 1e3,
+                                tpot_slo_s=args.tpot_ms / 1e3, resolution=args.resolution, out_dir=args.out)
+    explore.run(cfg)
+    return 0
+
+
+def cmd_list(args) -> int:
+    print("models:      ", " ".join(presets.list_models()))
+    print("hardware:    ", " ".join(presets.list_hardware()))
+    print("calibrations:", " ".join(presets.list_calibrations()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmodel", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _predict_parser(sub)
+
+    b = sub.add_parser("bench", help="throughput of the full pipeline",
+                       epilog="example:\n  jaxmodel bench --json", formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--points", type=int, default=1 << 22, help="design points to evaluate (about)")
+    b.add_argument("--chunk-size", type=int, default=1 << 17, help="points per compiled call")
+    b.add_argument("--no-genz", action="store_true", help="skip timing GenZ even if it is installed")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = explore.ExploreConfig()
+    e = sub.add_parser("explore", help="main job: sweep a million chip/deployment points (built-in defaults)",
+                       epilog="example:\n  jaxmodel explore\n  jaxmodel explore --model llama-3-8b --tpot-ms 20",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--model", default=d.model)
+    e.add_argument("--hardware", default=d.hardware, help="reference chip; the sweep varies its memory and compute")
+    e.add_argument("--input-tokens", type=int, default=d.input_tokens)
+    e.add_argument("--output-tokens", type=int, default=d.output_tokens)
+    e.add_argument("--ttft-ms", type=float, default=d.ttft_slo_s * 1e3, help="time-to-first-token target")
+    e.add_argument("--tpot-ms", type=float, default=d.tpot_slo_s * 1e3, help="time-per-output-token target")
+    e.add_argument("--resolution", type=int, default=d.resolution, help="values per bandwidth/compute axis")
+    e.add_argument("--out", default=d.out_dir, help="output directory for the CSV and the plot")
+
+    sub.add_parser("list", help="available presets")
+    return parser
+
+
+COMMANDS = {"predict": cmd_predict, "bench": cmd_bench, "explore": cmd_explore, "list": cmd_list}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as exc:
+        print(f"jaxmodel: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Phase-level metrics of one design point: prefill, decode, chunked steps, memory, status.
+
+Every function here is a pure function of pytrees for ONE design point; sweeps vectorize
+them from outside with ``jax.vmap``.
+
+Definitions (SI units; "batch" is the whole batch of ``wl.batch`` sequences):
+    prefill_s       time to prefill the whole batch (produces each sequence's first token)
+    ttft_s          time to first token = prefill_s (all requests start together, no queue)
+    decode_step_s   one decode step of the whole batch at the mean context length
+                    input_tokens + output_tokens / 2
+    tpot_s          time per output token (= time between tokens, TBT) = decode_step_s
+    e2e_latency_s   ttft_s + (output_tokens - 1) · tpot_s
+    throughput_tok_s          generated tokens per second over the whole request,
+                              batch · output_tokens / e2e_latency_s
+    decode_throughput_tok_s   batch / tpot_s (GenZ's μ_thr)
+
+Pipeline parallelism runs ``m = min(pp, batch)`` micro-batches of ``batch / m`` sequences.
+A prefill takes one pass through all stages plus ``m - 1`` further stage times; in decode
+the pipeline cycles through its micro-batches, so a step of the whole batch takes the
+longer of one full pass and ``m`` stage times.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import memory, ops, status
+from .architectures import Architecture
+from .efficiency import Efficiency
+from .hardware import System
+from .perf.roofline import RowTimes, row_times
+from .workload import Workload
+
+
+class StepResult(NamedTuple):
+    """One forward step on one device: the op table and the time of each part."""
+
+    table: ops.OpTable
+    row_times: RowTimes
+    layers_s: jax.Array  # every decoder layer of the model, one after the other
+    head_s: jax.Array  # embedding and LM head
+    sends_s: jax.Array  # all stage-to-stage transfers of one micro-batch
+    slowest_send_s: jax.Array  # the slowest single transfer (0 without pipelining)
+
+
+def run_step(arch: Architecture, wl: Workload, system: System, eff: Efficiency, step: ops.Step,
+             sharpness: float | None = None) -> StepResult:
+    table = ops.build_op_table(arch, wl, step, system.devices_per_node)
+    times = row_times(table, system, eff, wl.compute_dtype, sharpness)
+    sums = {ops.LAYER: 0.0, ops.HEAD: 0.0, ops.PIPELINE: 0.0}
+    slowest_send = jnp.zeros_like(arch.d_model)
+    for row, t, repeat in zip(table.rows, times.time, table.repeat):
+        sums[row.group] = sums[row.group] + t * repeat
+        if row.group == ops.PIPELINE:
+            slowest_send = jnp.maximum(slowest_send, jnp.where(repeat > 0, t, 0.0))
+    return StepResult(table, times, layers_s=sums[ops.LAYER], head_s=sums[ops.HEAD],
+                      sends_s=sums[ops.PIPELINE], slowest_send_s=slowest_send)
+
+
+def single_pass_s(r: StepResult) -> jax.Array:
+    """One micro-batch through every stage."""
+    return r.layers_s + r.head_s + r.sends_s
+
+
+def stage_s(r: StepResult, arch: Architecture, wl: Workload) -> jax.Array:
+    """Time of the slowest stage: the fullest one, holding the LM head, behind the slowest link."""
+    return memory.stage_layer_fraction(arch, wl) * r.layers_s + r.head_s + r.slowest_send_s
+
+
+def micro_batches(wl: Workload) -> jax.Array:
+    return jnp.minimum(wl.pp, wl.batch)
+
+
+def decode_context(wl: Workload) -> jax.Array:
+    """Mean tokens in the cache over the decode steps (exact for step times linear in context)."""
+    return wl.input_tokens + wl.output_tokens / 2.0
+
+
+def prefill(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+    m = micro_batches(wl)
+    r = run_step(arch, wl, system, eff, ops.prefill_step(wl, wl.batch / m), sharpness)
+    return single_pass_s(r) + (m - 1.0) * stage_s(r, arch, wl), r
+
+
+def decode(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+    m = micro_batches(wl)
+    r = run_step(arch, wl, system, eff, ops.decode_step(wl, wl.batch / m, decode_context(wl)), sharpness)
+    return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)), r
+
+
+def chunked(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+    """One Sarathi step: a prompt chunk of ``wl.chunk_tokens`` plus a decode batch of
+    ``wl.batch`` sequences at the mean decode context (no pipeline micro-batching)."""
+    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, wl.batch, decode_context(wl)), sharpness)
+    return single_pass_s(r), r
+
+
+def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
+    """Status bits (see :mod:`jaxmodel.status`) computed from traced values."""
+    def not_divisible(a, b):
+        return jnp.mod(a, b) != 0
+
+    bad_tp = not_divisible(arch.n_heads, wl.tp)
+    if arch.attention == "gqa":
+        bad_tp = bad_tp | (not_divisible(arch.n_kv_heads, wl.tp) & not_divisible(wl.tp, arch.n_kv_heads))
+    bad_ep = not_divisible(arch.n_experts, wl.ep) if arch.moe else wl.ep > 1.0
+    bad_pp = wl.pp > arch.n_layers
+    code = (
+        jnp.where(fits, 0, status.DOES_NOT_FIT)
+        | jnp.where(bad_tp, status.INVALID_TP, 0)
+        | jnp.where(bad_ep, status.INVALID_EP, 0)
+        | jnp.where(bad_pp, status.INVALID_PP, 0)
+    )
+    return code.astype(jnp.int32)
+
+
+def memory_metrics(arch, wl, system, prefill_result: StepResult) -> dict[str, jax.Array]:
+    m = micro_batches(wl)
+    weights = memory.weight_bytes_per_device(arch, wl)
+    kv = memory.kv_cache_bytes_per_device(arch, wl, wl.batch, wl.input_tokens + wl.output_tokens)
+    acts = memory.activation_bytes(prefill_result.table, arch, wl, wl.batch / m * wl.input_tokens)
+    total = weights + kv + acts
+    usable = system.chip.mem_capacity_bytes * wl.memory_utilization
+    # KV and activations grow in proportion to the batch (for batch >= pp).
+    per_sequence = (kv + acts) / wl.batch
+    max_batch = jnp.maximum(jnp.floor((usable - weights) / per_sequence), 0.0)
+    return {
+        "weight_bytes": weights,
+        "kv_cache_bytes": kv,
+        "activation_bytes": acts,
+        "memory_bytes": total,
+        "usable_memory_bytes": usable,
+        "memory_headroom_bytes": usable - total,
+        "fits": total <= usable,
+        "max_batch": max_batch,
+    }
+
+
+def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
+             sharpness: float | None = None, chunked_step: bool = False) -> dict[str, jax.Array]:
+    """All metrics of one design point (see the module docstring for definitions)."""
+    prefill_s, pre = prefill(arch, wl, system, eff, sharpness)
+    decode_s, _ = decode(arch, wl, system, eff, sharpness)
+    e2e = prefill_s + (wl.output_tokens - 1.0) * decode_s
+    out = {
+        "prefill_s": prefill_s,
+        "ttft_s": prefill_s,
+        "decode_step_s": decode_s,
+        "tpot_s": decode_s,
+        "e2e_latency_s": e2e,
+        "throughput_tok_s": wl.batch * wl.output_tokens / e2e,
+        "decode_throughput_tok_s": wl.batch / decode_s,
+        "devices": wl.devices,
+    }
+    out["throughput_per_device_tok_s"] = out["throughput_tok_s"] / wl.devices
+    if chunked_step:
+        out["chunked_step_s"], _ = chunked(arch, wl, system, eff, sharpness)
+    out.update(memory_metrics(arch, wl, system, pre))
+    out["status"] = status_code(arch, wl, out["fits"])
+    return out

@@ -1,0 +1,480 @@
+"""The operator table: every operator of one forward step, as rows of arrays, for one device.
+
+A *step* is one forward pass of the model over a mix of two request groups:
+
+* the **prompt group** (``prompt_*``): sequences that bring many new tokens (a prefill, or
+  a prefill chunk); their attention runs the prefill kernel, causal over the new tokens;
+* the **decode group** (``decode_*``): sequences that bring one new token each and attend to
+  their cached context.
+
+A prefill step has only the prompt group, a decode step only the decode group, and a
+chunked (Sarathi) step both. Every linear layer processes the tokens of both groups at once.
+
+Rows are static (their names, kinds, collectives and the layer group they repeat with);
+their magnitudes are arrays. Identical layers are one row with a ``repeat`` count, so the
+table has about 20 rows for a dense model whatever its depth. All counts are *per device*
+for the parallel layout described in :mod:`jaxmodel.workload`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .architectures import ACTIVATION_FLOPS, NORM_FLOPS, Architecture
+from .workload import Workload
+
+# Row kinds.
+MATMUL = "matmul"  # runs on the matrix units
+VECTOR = "vector"  # elementwise / reduction work on the vector units
+ATTENTION = "attention"  # fused attention: matmuls and softmax in one kernel
+GATHER = "gather"  # pure data movement (embedding lookup)
+COLLECTIVE = "collective"
+
+# Collectives.
+ALL_REDUCE = "all_reduce"
+ALL_GATHER = "all_gather"
+REDUCE_SCATTER = "reduce_scatter"
+ALL_TO_ALL = "all_to_all"
+SEND_RECV = "send_recv"
+COLLECTIVES = (ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, ALL_TO_ALL, SEND_RECV)
+
+# Layer groups: how a row's repeat count relates to the pipeline split.
+LAYER = "layer"  # inside decoder layers, divided among pipeline stages
+HEAD = "head"  # embedding and LM head, once per forward pass
+PIPELINE = "pipeline"  # stage-to-stage transfers
+
+#: Vector FLOPs per attention score for the softmax (max, subtract, exp, sum, scale).
+SOFTMAX_FLOPS = 5.0
+#: Vector FLOPs per rotated element (two multiplies and an add).
+ROTARY_FLOPS = 3.0
+#: Vector FLOPs per logit to sample (softmax over the vocabulary, then a draw).
+SAMPLING_FLOPS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RowInfo:
+    """Static description of one row."""
+
+    name: str
+    kind: str
+    group: str
+    block: str  # "attention", "ffn", "moe", "embedding", "lm_head", "pipeline"
+    collective: str = ""
+
+
+class OpTable(eqx.Module):
+    """Struct of arrays, one entry per row (per device, for one execution of the row).
+
+    Each column is a tuple holding one scalar per row rather than one stacked array: the
+    time model then compiles to a few fused elementwise loops over design points, about
+    ten times faster on CPU than materializing (points x rows) arrays between kernels.
+    :meth:`stacked` gives the array view for reports.
+
+    Columns:
+        repeat: times the row runs in a forward pass (e.g. the layer count).
+        flops: matrix-unit FLOPs (2 per multiply-accumulate).
+        vector_flops: vector-unit FLOPs.
+        weight_bytes, act_bytes, kv_bytes: bytes moved to/from device memory for weights,
+            activations (reads and writes) and the KV cache (reads and writes).
+        m, n, k: matmul shape (per matmul), 0 for other rows.
+        matmuls: independent matmuls in the row (heads x sequences, experts touched).
+        comm_bytes: collective payload (see :mod:`jaxmodel.perf.comm` for its meaning).
+        group_size: devices taking part in the collective (1: no communication).
+        group_stride: distance between consecutive group members in device order.
+    """
+
+    rows: tuple[RowInfo, ...] = eqx.field(static=True)
+    repeat: tuple[jax.Array, ...]
+    flops: tuple[jax.Array, ...]
+    vector_flops: tuple[jax.Array, ...]
+    weight_bytes: tuple[jax.Array, ...]
+    act_bytes: tuple[jax.Array, ...]
+    kv_bytes: tuple[jax.Array, ...]
+    m: tuple[jax.Array, ...]
+    n: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]
+    matmuls: tuple[jax.Array, ...]
+    comm_bytes: tuple[jax.Array, ...]
+    group_size: tuple[jax.Array, ...]
+    group_stride: tuple[jax.Array, ...]
+
+    def stacked(self, column: str) -> jax.Array:
+        """One column as an array with the row axis last."""
+        return jnp.stack(getattr(self, column), axis=-1)
+
+    def total_bytes(self, i: int) -> jax.Array:
+        return self.weight_bytes[i] + self.act_bytes[i] + self.kv_bytes[i]
+
+
+class Step(NamedTuple):
+    """Token counts of one forward step (whole model, before splitting over devices)."""
+
+    prompt_seqs: jax.Array
+    prompt_new: jax.Array
+    prompt_past: jax.Array
+    decode_seqs: jax.Array
+    decode_past: jax.Array
+    logit_rows: jax.Array
+
+    @property
+    def tokens(self) -> jax.Array:
+        return self.prompt_seqs * self.prompt_new + self.decode_seqs
+
+
+def prefill_step(wl: Workload, batch) -> Step:
+    """Prefill of ``batch`` whole prompts of ``wl.input_tokens`` tokens."""
+    zero = jnp.zeros_like(wl.input_tokens)
+    rows = batch * (wl.input_tokens if wl.lm_head_tokens == "all" else 1.0)
+    return Step(batch, wl.input_tokens, zero, zero, zero, rows)
+
+
+def decode_step(wl: Workload, batch, context) -> Step:
+    """One decode step of ``batch`` sequences with ``context`` tokens already cached."""
+    zero = jnp.zeros_like(wl.input_tokens)
+    return Step(zero, zero, zero, batch, context, batch)
+
+
+def chunked_step(wl: Workload, decode_batch, decode_context) -> Step:
+    """A Sarathi step: one prompt chunk of ``wl.chunk_tokens`` plus a decode batch.
+
+    The chunk's sequence emits a logit row too (as it would on its final chunk).
+    """
+    one = jnp.ones_like(wl.chunk_tokens)
+    return Step(one, wl.chunk_tokens, wl.chunk_prior_tokens, decode_batch, decode_context, decode_batch + 1.0)
+
+
+# ---- attention arithmetic ------------------------------------------------------------------
+def _causal_pairs(upto, window):
+    """Query-key pairs of the first ``upto`` positions under a causal mask and a window.
+
+    Position i attends to min(i, window) keys (window 0 = unlimited), so the total is
+    sum_{i=1..upto} min(i, window).
+    """
+    tri = upto * (upto + 1.0) / 2.0
+    capped = window * (window + 1.0) / 2.0 + (upto - window) * window
+    return jnp.where((window > 0) & (upto > window), capped, tri)
+
+
+def attention_pairs(new, past, window):
+    """Query-key pairs computed for ``new`` tokens appended after ``past`` cached ones."""
+    return _causal_pairs(past + new, window) - _causal_pairs(past, window)
+
+
+def attention_keys(new, past, window):
+    """Keys (cached plus new) one sequence must read for its ``new`` queries."""
+    full = past + new
+    return jnp.where(window > 0, jnp.minimum(full, window + new - 1.0), full)
+
+
+# ---- the builder --------------------------------------------------------------------------
+class _Rows:
+    """Collects rows as scalars, then stacks them into an :class:`OpTable`."""
+
+    _FIELDS = (
+        "repeat", "flops", "vector_flops", "weight_bytes", "act_bytes", "kv_bytes",
+        "m", "n", "k", "matmuls", "comm_bytes", "group_size", "group_stride",
+    )
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.infos: list[RowInfo] = []
+        self.values: list[dict] = []
+
+    def add(self, info: RowInfo, **values):
+        unknown = set(values) - set(self._FIELDS)
+        if unknown:
+            raise TypeError(f"unknown op-table fields {sorted(unknown)}")
+        self.infos.append(info)
+        self.values.append(values)
+
+    def matmul(self, name, block, *, repeat, m, n, k, count=1.0, weights=None, w_bytes, a_bytes, group=LAYER):
+        """A matmul [m x k] @ [k x n], ``count`` times; ``weights`` elements read from memory.
+
+        ``weights`` defaults to ``count * n * k`` (each matmul has its own weight matrix);
+        pass it explicitly when weights are shared or are activations.
+        """
+        if weights is None:
+            weights = count * n * k
+        self.add(
+            RowInfo(name, MATMUL, group, block),
+            repeat=repeat, flops=2.0 * m * n * k * count, weight_bytes=weights * w_bytes,
+            act_bytes=(m * k + m * n) * count * a_bytes, m=m, n=n, k=k, matmuls=count,
+        )
+
+    def vector(self, name, block, *, repeat, elements_read, elements_written, flops, a_bytes, group=LAYER):
+        self.add(
+            RowInfo(name, VECTOR, group, block),
+            repeat=repeat, vector_flops=flops, act_bytes=(elements_read + elements_written) * a_bytes,
+        )
+
+    def collective(self, name, block, kind, *, repeat, payload, size, stride, group=LAYER):
+        self.add(
+            RowInfo(name, COLLECTIVE, group, block, collective=kind),
+            repeat=repeat, comm_bytes=payload, group_size=size, group_stride=stride,
+        )
+
+    def table(self) -> OpTable:
+        columns = {}
+        for field in self._FIELDS:
+            default = 1.0 if field in ("group_size", "group_stride") else 0.0
+            columns[field] = tuple(jnp.asarray(v.get(field, default), dtype=self.dtype) for v in self.values)
+        return OpTable(rows=tuple(self.infos), **columns)
+
+
+def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_node=8.0) -> OpTable:
+    """Rows of one forward step on one device (see the module docstring for the layout).
+
+    ``devices_per_node`` (the scale-up domain size) places pipeline stages on nodes.
+    """
+    dtype = jnp.result_type(arch.d_model, wl.batch, step.tokens)
+    rows = _Rows(dtype)
+    tp, ep = wl.tp, wl.ep
+    a, w, kvb = wl.act_bytes, wl.weight_bytes, wl.kv_bytes
+    d = arch.d_model
+    layers = arch.n_layers
+    tokens = step.tokens / ep  # data-parallel attention: each EP rank serves 1/ep of the batch
+    heads = arch.n_heads / tp
+    up = arch.ffn_up_matrices
+
+    # Residual adds fused with the norms (vLLM's fused_add_rms_norm): each norm reads and
+    # writes the hidden state; each of the two residual adds reads and writes the residual.
+    norm_reads = arch.norms_per_layer + 2.0
+    rows.vector(
+        "norm_residual", "attention", repeat=layers,
+        elements_read=norm_reads * tokens * d, elements_written=norm_reads * tokens * d,
+        flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + 2.0) * tokens * d, a_bytes=a,
+    )
+
+    if arch.attention == "gqa":
+        _gqa_attention(rows, arch, wl, step, tokens, heads)
+    else:
+        _mla_attention(rows, arch, wl, step, tokens, heads)
+    rows.collective("attn_all_reduce", "attention", ALL_REDUCE, repeat=layers,
+                    payload=tokens * d * a, size=tp, stride=1.0)
+
+    n_dense = arch.n_dense_layers
+    ff = arch.d_ff / tp
+    rows.matmul("ffn_up", "ffn", repeat=n_dense, m=tokens, n=up * ff, k=d, w_bytes=w, a_bytes=a)
+    rows.vector("ffn_activation", "ffn", repeat=n_dense, elements_read=up * tokens * ff,
+                elements_written=tokens * ff, flops=ACTIVATION_FLOPS[arch.activation] * tokens * ff, a_bytes=a)
+    rows.matmul("ffn_down", "ffn", repeat=n_dense, m=tokens, n=d, k=ff, w_bytes=w, a_bytes=a)
+    rows.collective("ffn_all_reduce", "ffn", ALL_REDUCE, repeat=n_dense,
+                    payload=tokens * d * a, size=tp, stride=1.0)
+
+    if arch.moe:
+        _moe(rows, arch, wl, step, tokens)
+
+    _embedding_and_head(rows, arch, wl, step, tokens)
+
+    _pipeline_sends(rows, wl, payload=tokens * d * a, devices_per_node=devices_per_node)
+    return rows.table()
+
+
+def _pipeline_sends(rows, wl, *, payload, devices_per_node):
+    """Stage-to-stage transfers, split by whether the boundary crosses a node.
+
+    Stages of ``tp * ep`` devices are placed contiguously, so of the ``pp - 1`` boundaries
+    ``ceil(pp * tp * ep / node) - 1`` fall between nodes (all of them once a stage fills a node).
+    """
+    boundaries = wl.pp - 1.0
+    crossing = jnp.clip(jnp.ceil(wl.pp * wl.tp * wl.ep / devices_per_node) - 1.0, 0.0, boundaries)
+    # Stride 1 keeps a pair inside a node; a stride of one node puts it across two.
+    rows.collective("pp_send", "pipeline", SEND_RECV, repeat=boundaries - crossing, payload=payload,
+                    size=2.0, stride=1.0, group=PIPELINE)
+    rows.collective("pp_send_across_nodes", "pipeline", SEND_RECV, repeat=crossing, payload=payload,
+                    size=2.0, stride=devices_per_node, group=PIPELINE)
+
+
+def _attention_core(rows, wl, name, *, repeat, seqs, new, past, window, heads, kv_heads,
+                    qk_dim, v_dim, kv_elem_bytes, kv_write_elements, causal):
+    """Scores, softmax and context for ``seqs`` sequences, fused or unfused.
+
+    ``kv_heads`` heads of width ``qk_dim`` (keys) and ``v_dim`` (values) are read at
+    ``kv_elem_bytes`` per element; ``kv_write_elements`` new cache elements are written.
+    """
+    a = wl.act_bytes
+    keys = attention_keys(new, past, window)
+    # Fused kernels skip masked blocks (causal pairs); unfused ones compute the full rectangle.
+    pairs = seqs * (attention_pairs(new, past, window) if causal else new * keys)
+    q_bytes = seqs * new * heads * qk_dim * a
+    o_bytes = seqs * new * heads * v_dim * a
+    k_read = seqs * keys * kv_heads * qk_dim * kv_elem_bytes
+    v_read = seqs * keys * kv_heads * v_dim * kv_elem_bytes
+    kv_write = seqs * kv_write_elements * wl.kv_bytes
+    score_elems = heads * pairs
+    if wl.attention_impl == "flash":
+        rows.add(
+            RowInfo(name, ATTENTION, LAYER, "attention"),
+            repeat=repeat, flops=2.0 * score_elems * (qk_dim + v_dim),
+            vector_flops=SOFTMAX_FLOPS * score_elems, act_bytes=q_bytes + o_bytes,
+            kv_bytes=k_read + v_read + kv_write, m=new, n=keys, k=qk_dim, matmuls=seqs * heads,
+        )
+        return
+    rows.add(
+        RowInfo(name + "_scores", MATMUL, LAYER, "attention"),
+        repeat=repeat, flops=2.0 * score_elems * qk_dim, act_bytes=q_bytes + score_elems * a,
+        kv_bytes=k_read + kv_write, m=new, n=keys, k=qk_dim, matmuls=seqs * heads,
+    )
+    rows.vector(name + "_softmax", "attention", repeat=repeat, elements_read=score_elems,
+                elements_written=score_elems, flops=SOFTMAX_FLOPS * score_elems, a_bytes=a)
+    rows.add(
+        RowInfo(name + "_context", MATMUL, LAYER, "attention"),
+        repeat=repeat, flops=2.0 * score_elems * v_dim, act_bytes=score_elems * a + o_bytes,
+        kv_bytes=v_read, m=new, n=v_dim, k=keys, matmuls=seqs * heads,
+    )
+
+
+def _window_classes(arch: Architecture):
+    """(row suffix, layers, window) for globally attending and sliding-window layers."""
+    no_window = jnp.zeros_like(arch.sliding_window)
+    return (
+        ("", arch.n_layers - arch.n_sliding_layers, no_window),
+        ("_window", arch.n_sliding_layers, arch.sliding_window),
+    )
+
+
+def _gqa_attention(rows, arch, wl, step, tokens, heads):
+    a, w = wl.act_bytes, wl.weight_bytes
+    d, hd, layers, tp = arch.d_model, arch.head_dim, arch.n_layers, wl.tp
+    # KV heads are split over TP ranks, or replicated when there are fewer than ranks.
+    kv_heads = jnp.maximum(arch.n_kv_heads / tp, 1.0)
+    rows.matmul("qkv_proj", "attention", repeat=layers, m=tokens, n=(heads + 2.0 * kv_heads) * hd, k=d,
+                w_bytes=w, a_bytes=a)
+    rotated = tokens * (heads + kv_heads) * hd * arch.rotary_fraction
+    rows.vector("rotary", "attention", repeat=layers, elements_read=rotated, elements_written=rotated,
+                flops=ROTARY_FLOPS * rotated, a_bytes=a)
+    for suffix, n_layers, window in _window_classes(arch):
+        for group, seqs, new, past, causal in _groups(step, wl):
+            _attention_core(
+                rows, wl, f"attention_{group}{suffix}", repeat=n_layers, seqs=seqs, new=new, past=past,
+                window=window, heads=heads, kv_heads=kv_heads, qk_dim=hd, v_dim=hd,
+                kv_elem_bytes=wl.kv_bytes, kv_write_elements=new * 2.0 * kv_heads * hd, causal=causal,
+            )
+    rows.matmul("o_proj", "attention", repeat=layers, m=tokens, n=d, k=heads * hd, w_bytes=w, a_bytes=a)
+
+
+def _groups(step: Step, wl: Workload):
+    """(name, sequences per device, new tokens, cached tokens, causal) of both groups."""
+    causal = wl.attention_impl == "flash"
+    return (
+        ("prompt", step.prompt_seqs / wl.ep, step.prompt_new, step.prompt_past, causal),
+        ("decode", step.decode_seqs / wl.ep, jnp.ones_like(step.decode_past), step.decode_past, True),
+    )
+
+
+def _mla_attention(rows, arch, wl, step, tokens, heads):
+    """DeepSeek multi-head latent attention.
+
+    The cache holds one latent of ``kv_lora_rank + qk_rope_head_dim`` per token, shared by
+    all heads and replicated on every TP rank. Prompt tokens use the expanded form (latents
+    up-projected to per-head keys and values); decode tokens use the absorbed form
+    (queries projected into the latent space, attention over the latent cache), as vLLM does.
+    """
+    a, w, d, layers = wl.act_bytes, wl.weight_bytes, arch.d_model, arch.n_layers
+    nope, rope, vd, kvr, qr = (arch.qk_nope_head_dim, arch.qk_rope_head_dim, arch.v_head_dim,
+                               arch.kv_lora_rank, arch.q_lora_rank)
+    qk = nope + rope
+    latent = kvr + rope
+    has_q_lora = (qr > 0).astype(d.dtype)
+    # Down-projections are replicated on TP ranks (not sharded).
+    rows.matmul("q_down_proj", "attention", repeat=layers * has_q_lora, m=tokens, n=qr, k=d, w_bytes=w, a_bytes=a)
+    rows.matmul("kv_down_proj", "attention", repeat=layers, m=tokens, n=latent, k=d, w_bytes=w, a_bytes=a)
+    q_in = jnp.where(qr > 0, qr, d)
+    rows.matmul("q_up_proj", "attention", repeat=layers, m=tokens, n=heads * qk, k=q_in, w_bytes=w, a_bytes=a)
+    rotated = tokens * (heads + 1.0) * rope
+    rows.vector("rotary", "attention", repeat=layers, elements_read=rotated, elements_written=rotated,
+                flops=ROTARY_FLOPS * rotated, a_bytes=a)
+    (_, pseqs, pnew, ppast, pcausal), (_, dseqs, dnew, dpast, _) = _groups(step, wl)
+    # A group absent from this step must not stream its projection weights.
+    has_prompt = (pseqs > 0).astype(d.dtype)
+    has_decode = (dseqs > 0).astype(d.dtype)
+    for suffix, n_layers, window in _window_classes(arch):
+        # Prompt group: expand the latents of every key it attends to into per-head K and V.
+        ctx_tokens = pseqs * attention_keys(pnew, ppast, window)
+        rows.matmul(f"kv_up_proj{suffix}", "attention", repeat=n_layers * has_prompt, m=ctx_tokens, n=heads * (nope + vd),
+                    k=kvr, w_bytes=w, a_bytes=a)
+        _attention_core(
+            rows, wl, f"attention_prompt{suffix}", repeat=n_layers, seqs=pseqs, new=pnew, past=ppast,
+            window=window, heads=heads, kv_heads=heads, qk_dim=qk, v_dim=vd, kv_elem_bytes=a,
+            kv_write_elements=pnew * latent, causal=pcausal,
+        )
+        # Decode group: absorb W_UK into the query and W_UV into the output.
+        dtokens = dseqs * dnew
+        rows.matmul(f"q_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=kvr, k=nope, count=heads,
+                    w_bytes=w, a_bytes=a)
+        _attention_core(
+            rows, wl, f"attention_decode{suffix}", repeat=n_layers, seqs=dseqs, new=dnew, past=dpast,
+            window=window, heads=heads, kv_heads=jnp.ones_like(heads), qk_dim=latent, v_dim=kvr,
+            kv_elem_bytes=wl.kv_bytes, kv_write_elements=dnew * latent, causal=True,
+        )
+        rows.matmul(f"v_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=vd, k=kvr, count=heads,
+                    w_bytes=w, a_bytes=a)
+    rows.matmul("o_proj", "attention", repeat=layers, m=tokens, n=d, k=heads * vd, w_bytes=w, a_bytes=a)
+
+
+def expected_experts_touched(tokens, n_experts, top_k):
+    """Expected number of distinct experts chosen by ``tokens`` tokens routing top-k of E.
+
+    With uniform routing a given expert escapes one token with probability 1 - k/E, so
+    E * (1 - (1 - k/E)^T) experts are touched. At decode with a large batch this tends to E:
+    most expert weights are streamed even though each token uses only k of them.
+    """
+    miss = jnp.maximum(1.0 - top_k / n_experts, 1e-30)
+    return n_experts * (1.0 - jnp.exp(tokens * jnp.log(miss)))
+
+
+def _moe(rows, arch, wl, step, tokens):
+    a, w, d, tp, ep = wl.act_bytes, wl.weight_bytes, arch.d_model, wl.tp, wl.ep
+    n_moe, up, k = arch.n_moe_layers, arch.ffn_up_matrices, arch.top_k
+    act_flops = ACTIVATION_FLOPS[arch.activation]
+    rows.matmul("router", "moe", repeat=n_moe, m=tokens, n=arch.n_experts, k=d, w_bytes=w, a_bytes=a)
+    rows.collective("moe_dispatch", "moe", ALL_TO_ALL, repeat=n_moe, payload=tokens * k * d * a,
+                    size=ep, stride=tp)
+    # Each EP rank holds n_experts/ep experts and receives 1/ep of all (token, expert) pairs.
+    routed = step.tokens * k / ep
+    touched = jnp.maximum(expected_experts_touched(step.tokens, arch.n_experts, k) / ep, 1e-9)
+    per_expert = routed / touched
+    ff = arch.moe_d_ff / tp
+    rows.matmul("experts_up", "moe", repeat=n_moe, m=per_expert, n=up * ff, k=d, count=touched,
+                w_bytes=w, a_bytes=a)
+    rows.vector("experts_activation", "moe", repeat=n_moe, elements_read=up * routed * ff,
+                elements_written=routed * ff, flops=act_flops * routed * ff, a_bytes=a)
+    rows.matmul("experts_down", "moe", repeat=n_moe, m=per_expert, n=d, k=ff, count=touched,
+                w_bytes=w, a_bytes=a)
+    rows.collective("moe_combine", "moe", ALL_TO_ALL, repeat=n_moe, payload=tokens * k * d * a,
+                    size=ep, stride=tp)
+    shared_ff = arch.n_shared_experts * arch.shared_d_ff / tp
+    has_shared = (arch.n_shared_experts > 0).astype(d.dtype)
+    rows.matmul("shared_up", "moe", repeat=n_moe * has_shared, m=tokens, n=up * shared_ff, k=d,
+                w_bytes=w, a_bytes=a)
+    rows.vector("shared_activation", "moe", repeat=n_moe * has_shared, elements_read=up * tokens * shared_ff,
+                elements_written=tokens * shared_ff, flops=act_flops * tokens * shared_ff, a_bytes=a)
+    rows.matmul("shared_down", "moe", repeat=n_moe * has_shared, m=tokens, n=d, k=shared_ff,
+                w_bytes=w, a_bytes=a)
+    rows.collective("moe_all_reduce", "moe", ALL_REDUCE, repeat=n_moe, payload=tokens * d * a,
+                    size=tp, stride=1.0)
+
+
+def _embedding_and_head(rows, arch, wl, step, tokens):
+    a, w, d, tp = wl.act_bytes, wl.weight_bytes, arch.d_model, wl.tp
+    one = jnp.ones_like(d)
+    vocab = arch.vocab_size
+    # Vocabulary-parallel embedding: each TP rank looks up the rows it owns, then all-reduce.
+    rows.add(RowInfo("embedding", GATHER, HEAD, "embedding"), repeat=one,
+             weight_bytes=tokens * d * w / tp, act_bytes=tokens * d * a)
+    rows.collective("embedding_all_reduce", "embedding", ALL_REDUCE, repeat=one, payload=tokens * d * a,
+                    size=tp, stride=1.0, group=HEAD)
+    rows.vector("final_norm", "lm_head", repeat=one, elements_read=tokens * d, elements_written=tokens * d,
+                flops=NORM_FLOPS[arch.norm] * tokens * d, a_bytes=a, group=HEAD)
+    logit_rows = step.logit_rows / wl.ep
+    rows.matmul("lm_head", "lm_head", repeat=one, m=logit_rows, n=vocab / tp, k=d, w_bytes=w, a_bytes=a,
+                group=HEAD)
+    rows.collective("logits_all_gather", "lm_head", ALL_GATHER, repeat=one, payload=logit_rows * vocab * a,
+                    size=tp, stride=1.0, group=HEAD)
+    rows.vector("sampling", "lm_head", repeat=one, elements_read=logit_rows * vocab,
+                elements_written=logit_rows, flops=SAMPLING_FLOPS * logit_rows * vocab, a_bytes=a, group=HEAD)

@@ -1,0 +1,1 @@
+"""Per-operator time models: roofline for compute and memory, alpha-beta for collectives."""

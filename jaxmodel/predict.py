@@ -1,0 +1,113 @@
+"""Single-design-point predictions, with readable errors and an optional per-operator table."""
+
+from __future__ import annotations
+
+import collections
+
+import equinox as eqx
+import jax
+import numpy as np
+import pandas as pd
+
+from . import inference, ops, status
+from .architectures import Architecture
+from .efficiency import Efficiency, ideal
+from .hardware import System
+from .workload import Workload
+
+#: Times each jitted entry point has been traced (a retrace means a recompilation).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+def _evaluate(arch, wl, system, eff, sharpness, chunked_step):
+    TRACE_COUNTS["evaluate"] += 1
+    return inference.evaluate(arch, wl, system, eff, sharpness, chunked_step)
+
+
+evaluate_jit = eqx.filter_jit(_evaluate)
+
+
+def check_parallelism(arch: Architecture, wl: Workload) -> None:
+    """Raise ``ValueError`` naming the fields if the TP/EP/PP layout is impossible for ``arch``."""
+    heads, tp = float(arch.n_heads), float(wl.tp)
+    if heads % tp:
+        raise ValueError(f"Workload.tp = {tp:g} must divide Architecture.n_heads = {heads:g}")
+    if arch.attention == "gqa":
+        kv = float(arch.n_kv_heads)
+        if kv % tp and tp % kv:
+            raise ValueError(
+                f"Workload.tp = {tp:g} and Architecture.n_kv_heads = {kv:g}: one must divide the other"
+            )
+    ep = float(wl.ep)
+    if arch.moe and float(arch.n_experts) % ep:
+        raise ValueError(f"Workload.ep = {ep:g} must divide Architecture.n_experts = {float(arch.n_experts):g}")
+    if not arch.moe and ep > 1:
+        raise ValueError(f"Workload.ep = {ep:g} needs a MoE architecture (this model is dense); use ep = 1")
+    if float(wl.pp) > float(arch.n_layers):
+        raise ValueError(
+            f"Workload.pp = {float(wl.pp):g} must be <= Architecture.n_layers = {float(arch.n_layers):g}"
+        )
+
+
+def predict(arch: Architecture, wl: Workload, system: System, efficiency: Efficiency | None = None, *,
+            chunked_step: bool = False, sharpness: float | None = None) -> dict:
+    """Metrics of one design point as plain Python values (SI units).
+
+    Keys are those of :func:`jaxmodel.inference.evaluate` plus ``status_text``. Raises
+    ``ValueError`` for an impossible parallel layout; a design that does not fit in memory
+    is reported (``fits`` False), not raised.
+    """
+    check_parallelism(arch, wl)
+    eff = ideal() if efficiency is None else efficiency
+    out = evaluate_jit(arch, wl, system, eff, sharpness, chunked_step)
+    result = {}
+    for key, value in jax.device_get(out).items():
+        value = np.asarray(value)
+        result[key] = bool(value) if value.dtype == bool else (int(value) if key == "status" else float(value))
+    result["status_text"] = status.describe(result["status"])
+    return result
+
+
+def _breakdown(arch, wl, system, eff, sharpness):
+    TRACE_COUNTS["breakdown"] += 1
+    _, pre = inference.prefill(arch, wl, system, eff, sharpness)
+    _, dec = inference.decode(arch, wl, system, eff, sharpness)
+    return pre, dec
+
+
+_breakdown_jit = eqx.filter_jit(_breakdown)
+
+
+def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Efficiency | None = None, *,
+              sharpness: float | None = None) -> pd.DataFrame:
+    """Per-operator table of one prefill micro-batch and one decode step.
+
+    Columns: ``phase``, ``op``, ``kind``, ``block``, ``collective``, ``repeat``, ``m``, ``n``,
+    ``k``, ``matmuls``, ``flops``, ``vector_flops``, ``weight_bytes``, ``act_bytes``,
+    ``kv_bytes``, ``comm_bytes``, ``group_size``, ``time_s`` (one execution), ``total_s``
+    (times ``repeat``), ``bound`` (``tensor``, ``vector``, ``memory`` or ``network``).
+    """
+    check_parallelism(arch, wl)
+    eff = ideal() if efficiency is None else efficiency
+    results = jax.device_get(_breakdown_jit(arch, wl, system, eff, sharpness))
+    frames = []
+    for phase, r in zip(("prefill", "decode"), results):
+        t = r.table
+        cols = {
+            "phase": phase,
+            "op": [row.name for row in t.rows],
+            "kind": [row.kind for row in t.rows],
+            "block": [row.block for row in t.rows],
+            "collective": [row.collective for row in t.rows],
+        }
+        for field in ("repeat", "m", "n", "k", "matmuls", "flops", "vector_flops", "weight_bytes",
+                      "act_bytes", "kv_bytes", "comm_bytes", "group_size"):
+            cols[field] = np.asarray(getattr(t, field), dtype=float)
+        times = r.row_times
+        cols["time_s"] = np.asarray(times.time, dtype=float)
+        cols["total_s"] = cols["time_s"] * cols["repeat"]
+        terms = np.stack([np.asarray(times.tensor), np.asarray(times.vector), np.asarray(times.memory)])
+        bound = np.array(["tensor", "vector", "memory"], dtype=object)[np.argmax(terms, axis=0)]
+        cols["bound"] = np.where(np.array(cols["kind"]) == ops.COLLECTIVE, "network", bound)
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
