@@ -5,6 +5,9 @@ Design points are pytrees (:class:`Architecture`, :class:`Workload`, :class:`Sys
 vmapped over millions of points and differentiated.
 """
 
+from . import presets as presets
+from . import status as status
+from . import sweep as sweep
 from .architectures import Architecture as Architecture
 from .architectures import active_parameters as active_parameters
 from .architectures import parameter_breakdown as parameter_breakdown

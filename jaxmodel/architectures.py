@@ -155,17 +155,13 @@ class Architecture(eqx.Module):
             n_dense_layers = 0 if moe else n_layers
         values = dict(
             d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, n_heads=n_heads,
-            n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
-            tied_embeddings=float(tied_embeddings) if isinstance(tied_embeddings, bool) else tied_embeddings,
-            qkv_bias=float(qkv_bias) if isinstance(qkv_bias, bool) else qkv_bias,
-            linear_bias=float(linear_bias) if isinstance(linear_bias, bool) else linear_bias,
-            norms_per_layer=norms_per_layer, rotary_fraction=rotary_fraction,
-            n_learned_positions=n_learned_positions, sliding_window=sliding_window,
-            n_sliding_layers=n_sliding_layers, n_experts=n_experts, top_k=top_k,
-            n_shared_experts=n_shared_experts, moe_d_ff=moe_d_ff, shared_d_ff=shared_d_ff,
+            n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff, tied_embeddings=tied_embeddings,
+            qkv_bias=qkv_bias, linear_bias=linear_bias, norms_per_layer=norms_per_layer,
+            rotary_fraction=rotary_fraction, n_learned_positions=n_learned_positions,
+            sliding_window=sliding_window, n_sliding_layers=n_sliding_layers, n_experts=n_experts,
+            top_k=top_k, n_shared_experts=n_shared_experts, moe_d_ff=moe_d_ff, shared_d_ff=shared_d_ff,
             n_dense_layers=n_dense_layers, q_lora_rank=q_lora_rank, kv_lora_rank=kv_lora_rank,
-            qk_nope_head_dim=qk_nope_head_dim, qk_rope_head_dim=qk_rope_head_dim,
-            v_head_dim=v_head_dim,
+            qk_nope_head_dim=qk_nope_head_dim, qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim,
         )
         for name in _NUMERIC_FIELDS:
             setattr(self, name, _checks.as_float(values[name], owner, name))
@@ -307,11 +303,10 @@ def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
     }
 
 
-def total_parameters(arch: Architecture) -> jax.Array:
-    """All parameters of the model, embeddings included."""
+def _parameters(arch: Architecture, experts_per_token_or_all) -> jax.Array:
     p = parameter_breakdown(arch)
     per_layer = p["attention_per_layer"] + p["norms_per_layer"]
-    moe_layer = arch.n_experts * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
+    moe_layer = experts_per_token_or_all * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
     return (
         arch.n_layers * per_layer
         + arch.n_dense_layers * p["dense_ffn_per_layer"]
@@ -320,21 +315,16 @@ def total_parameters(arch: Architecture) -> jax.Array:
         + p["lm_head"]
         + p["final_norm"]
     )
+
+
+def total_parameters(arch: Architecture) -> jax.Array:
+    """All parameters of the model, embeddings included."""
+    return _parameters(arch, arch.n_experts)
 
 
 def active_parameters(arch: Architecture) -> jax.Array:
     """Parameters one token passes through (routed experts counted ``top_k`` times)."""
-    p = parameter_breakdown(arch)
-    per_layer = p["attention_per_layer"] + p["norms_per_layer"]
-    moe_layer = arch.top_k * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
-    return (
-        arch.n_layers * per_layer
-        + arch.n_dense_layers * p["dense_ffn_per_layer"]
-        + arch.n_moe_layers * moe_layer
-        + p["embedding"]
-        + p["lm_head"]
-        + p["final_norm"]
-    )
+    return _parameters(arch, arch.top_k)
 
 
 def architecture_from_dict(spec: dict) -> Architecture:

@@ -46,6 +46,8 @@ def _predict_parser(sub) -> None:
     p.add_argument("--attention", default="flash", choices=ATTENTION_IMPLS, help="attention kernel")
     p.add_argument("--lm-head-tokens", default="last", choices=LM_HEAD_TOKENS,
                    help="prefill logits for the last prompt token (vLLM) or all of them")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="TP all-reduces become reduce-scatter + all-gather; norms on 1/tp of the tokens")
     p.add_argument("--memory-utilization", type=float, default=0.9, help="usable fraction of device memory")
     p.add_argument("--chunk-tokens", type=int, help="also report a chunked-prefill step with this chunk size")
     p.add_argument("--breakdown", action="store_true", help="print the per-operator table")
@@ -59,7 +61,7 @@ def cmd_predict(args) -> int:
     wl = Workload(
         batch=args.batch, input_tokens=args.input_tokens, output_tokens=args.output_tokens, tp=args.tp,
         pp=args.pp, ep=args.ep, dtype=args.dtype, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
-        attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens,
+        attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens, sequence_parallel=args.sequence_parallel,
         memory_utilization=args.memory_utilization, chunk_tokens=args.chunk_tokens or 512,
     )
     result = predict(arch, wl, system, eff, chunked_step=args.chunk_tokens is not None)

@@ -234,7 +234,7 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     dtype = jnp.result_type(arch.d_model, wl.batch, step.tokens)
     rows = _Rows(dtype)
     tp, ep = wl.tp, wl.ep
-    a, w, kvb = wl.act_bytes, wl.weight_bytes, wl.kv_bytes
+    a, w = wl.act_bytes, wl.weight_bytes
     d = arch.d_model
     layers = arch.n_layers
     tokens = step.tokens / ep  # data-parallel attention: each EP rank serves 1/ep of the batch
@@ -243,19 +243,20 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
 
     # Residual adds fused with the norms (vLLM's fused_add_rms_norm): each norm reads and
     # writes the hidden state; each of the two residual adds reads and writes the residual.
+    # With sequence parallelism every TP rank normalizes only its 1/tp share of the tokens.
+    norm_tokens = tokens / tp if wl.sequence_parallel else tokens
     norm_reads = arch.norms_per_layer + 2.0
     rows.vector(
         "norm_residual", "attention", repeat=layers,
-        elements_read=norm_reads * tokens * d, elements_written=norm_reads * tokens * d,
-        flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + 2.0) * tokens * d, a_bytes=a,
+        elements_read=norm_reads * norm_tokens * d, elements_written=norm_reads * norm_tokens * d,
+        flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + 2.0) * norm_tokens * d, a_bytes=a,
     )
 
     if arch.attention == "gqa":
         _gqa_attention(rows, arch, wl, step, tokens, heads)
     else:
         _mla_attention(rows, arch, wl, step, tokens, heads)
-    rows.collective("attn_all_reduce", "attention", ALL_REDUCE, repeat=layers,
-                    payload=tokens * d * a, size=tp, stride=1.0)
+    _tp_sync(rows, wl, "attn", "attention", repeat=layers, payload=tokens * d * a)
 
     n_dense = arch.n_dense_layers
     ff = arch.d_ff / tp
@@ -263,8 +264,7 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     rows.vector("ffn_activation", "ffn", repeat=n_dense, elements_read=up * tokens * ff,
                 elements_written=tokens * ff, flops=ACTIVATION_FLOPS[arch.activation] * tokens * ff, a_bytes=a)
     rows.matmul("ffn_down", "ffn", repeat=n_dense, m=tokens, n=d, k=ff, w_bytes=w, a_bytes=a)
-    rows.collective("ffn_all_reduce", "ffn", ALL_REDUCE, repeat=n_dense,
-                    payload=tokens * d * a, size=tp, stride=1.0)
+    _tp_sync(rows, wl, "ffn", "ffn", repeat=n_dense, payload=tokens * d * a)
 
     if arch.moe:
         _moe(rows, arch, wl, step, tokens)
@@ -273,6 +273,19 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
 
     _pipeline_sends(rows, wl, payload=tokens * d * a, devices_per_node=devices_per_node)
     return rows.table()
+
+
+def _tp_sync(rows, wl, prefix, block, *, repeat, payload):
+    """Combine the partial sums of a TP-sharded block: one all-reduce, or with sequence
+    parallelism a reduce-scatter (into token shards) and an all-gather (before the next block)."""
+    if wl.sequence_parallel:
+        rows.collective(f"{prefix}_reduce_scatter", block, REDUCE_SCATTER, repeat=repeat, payload=payload,
+                        size=wl.tp, stride=1.0)
+        rows.collective(f"{prefix}_all_gather", block, ALL_GATHER, repeat=repeat, payload=payload,
+                        size=wl.tp, stride=1.0)
+    else:
+        rows.collective(f"{prefix}_all_reduce", block, ALL_REDUCE, repeat=repeat, payload=payload,
+                        size=wl.tp, stride=1.0)
 
 
 def _pipeline_sends(rows, wl, *, payload, devices_per_node):
@@ -456,8 +469,7 @@ def _moe(rows, arch, wl, step, tokens):
                 elements_written=tokens * shared_ff, flops=act_flops * tokens * shared_ff, a_bytes=a)
     rows.matmul("shared_down", "moe", repeat=n_moe * has_shared, m=tokens, n=d, k=shared_ff,
                 w_bytes=w, a_bytes=a)
-    rows.collective("moe_all_reduce", "moe", ALL_REDUCE, repeat=n_moe, payload=tokens * d * a,
-                    size=tp, stride=1.0)
+    _tp_sync(rows, wl, "moe", "moe", repeat=n_moe, payload=tokens * d * a)
 
 
 def _embedding_and_head(rows, arch, wl, step, tokens):

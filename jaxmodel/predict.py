@@ -49,6 +49,15 @@ def check_parallelism(arch: Architecture, wl: Workload) -> None:
         )
 
 
+def _require_single_point(*trees) -> None:
+    shapes = {tuple(x.shape) for x in jax.tree_util.tree_leaves(trees)}
+    if shapes != {()}:
+        raise ValueError(
+            "predict and breakdown take one design point (scalar leaves); for batched leaves use "
+            "jaxmodel.sweep.evaluate_points or grid_sweep"
+        )
+
+
 def predict(arch: Architecture, wl: Workload, system: System, efficiency: Efficiency | None = None, *,
             chunked_step: bool = False, sharpness: float | None = None) -> dict:
     """Metrics of one design point as plain Python values (SI units).
@@ -57,8 +66,9 @@ def predict(arch: Architecture, wl: Workload, system: System, efficiency: Effici
     ``ValueError`` for an impossible parallel layout; a design that does not fit in memory
     is reported (``fits`` False), not raised.
     """
-    check_parallelism(arch, wl)
     eff = ideal() if efficiency is None else efficiency
+    _require_single_point(arch, wl, system, eff)
+    check_parallelism(arch, wl)
     out = evaluate_jit(arch, wl, system, eff, sharpness, chunked_step)
     result = {}
     for key, value in jax.device_get(out).items():
@@ -87,8 +97,9 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
     ``kv_bytes``, ``comm_bytes``, ``group_size``, ``time_s`` (one execution), ``total_s``
     (times ``repeat``), ``bound`` (``tensor``, ``vector``, ``memory`` or ``network``).
     """
-    check_parallelism(arch, wl)
     eff = ideal() if efficiency is None else efficiency
+    _require_single_point(arch, wl, system, eff)
+    check_parallelism(arch, wl)
     results = jax.device_get(_breakdown_jit(arch, wl, system, eff, sharpness))
     frames = []
     for phase, r in zip(("prefill", "decode"), results):

@@ -82,14 +82,15 @@ def _evaluate(point: DesignPoint, metrics, sharpness, chunked_step):
     return {k: out[k] for k in metrics}
 
 
-def metric_names(chunked_step: bool = False) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def metric_names(chunked_step: bool = False) -> tuple[str, ...]:
     """Metrics a sweep returns by default."""
     base = DesignPoint(
         Architecture(d_model=64, n_layers=1, vocab_size=64, n_heads=1, d_ff=64),
         Workload(), _tiny_system(), ideal(),
     )
     shapes = jax.eval_shape(lambda p: inference.evaluate(*p, None, chunked_step), base)
-    return list(shapes)
+    return tuple(shapes)
 
 
 def _tiny_system() -> System:
@@ -240,7 +241,7 @@ def evaluate_points(
         stop = min(start + chunk, n)
         # Pad the last chunk to the compiled size by repeating its final point.
         idx = np.minimum(np.arange(start, start + chunk), stop - 1)
-        piece = jax.tree_util.tree_map(lambda x: x[idx], point)
+        piece = jax.tree_util.tree_map(lambda x, idx=idx: x[idx], point)
         out = jax.device_get(_points_chunk(piece, metrics=metrics, sharpness=sharpness, chunked_step=chunked_step))
         for m in metrics:
             columns[m].append(np.asarray(out[m])[: stop - start])

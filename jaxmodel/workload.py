@@ -41,6 +41,9 @@ class Workload(eqx.Module):
             or ``"unfused"`` (scores and probabilities written to and read from memory).
         lm_head_tokens: ``"last"`` computes logits only for each sequence's last prompt
             token during prefill (what vLLM does); ``"all"`` for every prompt token.
+        sequence_parallel: if True, each TP all-reduce becomes a reduce-scatter plus an
+            all-gather, and the norms and residual adds between them run on ``1/tp`` of the
+            tokens (Megatron-style sequence parallelism).
 
     Array leaves:
         batch: concurrent sequences.
@@ -58,6 +61,7 @@ class Workload(eqx.Module):
     compute_dtype: str = eqx.field(static=True)
     attention_impl: str = eqx.field(static=True)
     lm_head_tokens: str = eqx.field(static=True)
+    sequence_parallel: bool = eqx.field(static=True)
 
     batch: jax.Array
     input_tokens: jax.Array
@@ -86,6 +90,7 @@ class Workload(eqx.Module):
         kv_dtype: str | None = None,
         attention_impl: str = "flash",
         lm_head_tokens: str = "last",
+        sequence_parallel: bool = False,
         memory_utilization=0.9,
         chunk_tokens=512,
         chunk_prior_tokens=0,
@@ -105,6 +110,7 @@ class Workload(eqx.Module):
         _checks.one_of(self.compute_dtype, ACTIVATION_DTYPES, o, "compute_dtype")
         self.attention_impl = attention_impl
         self.lm_head_tokens = lm_head_tokens
+        self.sequence_parallel = bool(sequence_parallel)
         if weight_bytes is None:
             weight_bytes = DTYPE_BYTES[weight_dtype or dtype]
         if act_bytes is None:

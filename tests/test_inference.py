@@ -169,3 +169,8 @@ def test_breakdown_table_sums_to_the_phase_time(llama70b, h100):
     prefill = table[table.phase == "prefill"].set_index("op")
     assert prefill.loc["ffn_up", "bound"] == "tensor" and prefill.loc["attn_all_reduce", "bound"] == "network"
     assert set(ops.COLLECTIVES) >= set(table["collective"].replace("", ops.ALL_REDUCE))
+
+
+def test_predict_rejects_batched_points(llama70b, h100):
+    with pytest.raises(ValueError, match="one design point"):
+        jm.predict(llama70b, jm.Workload(batch=[1, 2]), h100)

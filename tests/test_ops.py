@@ -132,3 +132,42 @@ def test_tensor_parallel_splits_heads_and_replicates_kv_when_short():
     # 64/16 = 4 query heads, and 8 KV heads over 16 ranks -> one (replicated) KV head each.
     assert _col(t, "qkv_proj", "n") == (4 + 2 * 1) * 128
     assert _col(t, "attn_all_reduce", "group_size") == 16
+
+
+def test_sequence_parallel_splits_all_reduce_and_norms():
+    from jaxmodel.perf.comm import collective_time
+
+    arch = jm.load_model("llama-3-70b")
+    wl = jm.Workload(batch=2, input_tokens=1024, tp=8)
+    sp = wl.replace(sequence_parallel=True)
+    t = ops.build_op_table(arch, wl, ops.prefill_step(wl, 2.0))
+    s = ops.build_op_table(arch, sp, ops.prefill_step(sp, 2.0))
+    assert "attn_all_reduce" in _rows(t) and "attn_all_reduce" not in _rows(s)
+    assert _col(s, "norm_residual", "act_bytes") == pytest.approx(_col(t, "norm_residual", "act_bytes") / 8)
+    # Ring reduce-scatter + all-gather move the same bytes as one all-reduce, with one more start-up.
+    h100 = jm.load_hardware("h100-sxm")
+    payload = 2 * 1024 * 8192 * 2.0
+    ar = float(collective_time(ops.ALL_REDUCE, payload, 8.0, 1.0, h100, jm.ideal()))
+    rs_ag = sum(float(collective_time(k, payload, 8.0, 1.0, h100, jm.ideal()))
+                for k in (ops.REDUCE_SCATTER, ops.ALL_GATHER))
+    assert rs_ag == pytest.approx(ar + 4.77e-6, rel=1e-5)
+
+
+def test_collective_formulas_by_hand():
+    from jaxmodel.perf.comm import collective_time
+
+    h100 = jm.load_hardware("h100-sxm")
+    eff = jm.ideal()
+    t0, alpha, bw = 4.77e-6, 0.771e-6, 450e9
+    S = 64e6
+    assert float(collective_time(ops.ALL_REDUCE, S, 4.0, 1.0, h100, eff)) == pytest.approx(
+        t0 + 6 * alpha + 2 * 3 / 4 * S / bw, rel=1e-5)
+    assert float(collective_time(ops.ALL_TO_ALL, S, 8.0, 1.0, h100, eff)) == pytest.approx(
+        t0 + 7 * alpha + 7 / 8 * S / bw, rel=1e-5)
+    # 16 ranks span two 8-GPU nodes: the ring is limited by the 50 GB/s scale-out links.
+    assert float(collective_time(ops.ALL_REDUCE, S, 16.0, 1.0, h100, eff)) == pytest.approx(
+        t0 + 30 * 10e-6 + 2 * 15 / 16 * S / 50e9, rel=1e-5)
+    assert float(collective_time(ops.ALL_REDUCE, S, 1.0, 1.0, h100, eff)) == 0.0
+    half = jm.Efficiency(scale_up=0.5)
+    assert float(collective_time(ops.SEND_RECV, S, 2.0, 1.0, h100, half)) == pytest.approx(
+        t0 + alpha + S / (0.5 * bw), rel=1e-5)
