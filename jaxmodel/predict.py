@@ -28,25 +28,22 @@ evaluate_jit = eqx.filter_jit(_evaluate)
 
 
 def check_parallelism(arch: Architecture, wl: Workload) -> None:
-    """Raise ``ValueError`` naming the fields if the TP/EP/PP layout is impossible for ``arch``."""
-    heads, tp = float(arch.n_heads), float(wl.tp)
-    if heads % tp:
-        raise ValueError(f"Workload.tp = {tp:g} must divide Architecture.n_heads = {heads:g}")
-    if arch.attention == "gqa":
-        kv = float(arch.n_kv_heads)
-        if kv % tp and tp % kv:
-            raise ValueError(
-                f"Workload.tp = {tp:g} and Architecture.n_kv_heads = {kv:g}: one must divide the other"
-            )
-    ep = float(wl.ep)
-    if arch.moe and float(arch.n_experts) % ep:
+    """Raise ``ValueError`` naming the fields if the TP/EP/PP layout is impossible for ``arch``.
+
+    The rules are those of :func:`jaxmodel.inference.status_code`; this adds the words.
+    """
+    code = int(inference.status_code(arch, wl, fits=True))
+    tp, ep, pp = float(wl.tp), float(wl.ep), float(wl.pp)
+    if code & status.INVALID_TP:
+        kv = f", and divide or be a multiple of Architecture.n_kv_heads = {float(arch.n_kv_heads):g}"
+        raise ValueError(f"Workload.tp = {tp:g} must divide Architecture.n_heads = {float(arch.n_heads):g}"
+                         + (kv if arch.attention == "gqa" else ""))
+    if code & status.INVALID_EP:
+        if not arch.moe:
+            raise ValueError(f"Workload.ep = {ep:g} needs a MoE architecture (this model is dense); use ep = 1")
         raise ValueError(f"Workload.ep = {ep:g} must divide Architecture.n_experts = {float(arch.n_experts):g}")
-    if not arch.moe and ep > 1:
-        raise ValueError(f"Workload.ep = {ep:g} needs a MoE architecture (this model is dense); use ep = 1")
-    if float(wl.pp) > float(arch.n_layers):
-        raise ValueError(
-            f"Workload.pp = {float(wl.pp):g} must be <= Architecture.n_layers = {float(arch.n_layers):g}"
-        )
+    if code & status.INVALID_PP:
+        raise ValueError(f"Workload.pp = {pp:g} must be <= Architecture.n_layers = {float(arch.n_layers):g}")
 
 
 def _require_single_point(*trees) -> None:

@@ -174,3 +174,12 @@ def test_breakdown_table_sums_to_the_phase_time(llama70b, h100):
 def test_predict_rejects_batched_points(llama70b, h100):
     with pytest.raises(ValueError, match="one design point"):
         jm.predict(llama70b, jm.Workload(batch=[1, 2]), h100)
+
+
+def test_kv_head_rule_for_tensor_parallelism(h100):
+    # 12 query heads in 4 KV groups of 3: TP 6 divides the heads but splits the KV heads unevenly.
+    arch = jm.Architecture(d_model=768, n_layers=2, vocab_size=1000, n_heads=12, n_kv_heads=4, d_ff=2048)
+    with pytest.raises(ValueError, match="divide or be a multiple of Architecture.n_kv_heads = 4"):
+        jm.predict(arch, jm.Workload(tp=6), h100)
+    assert jm.predict(arch, jm.Workload(tp=2), h100)["status_text"] == "ok"
+    assert jm.predict(arch, jm.Workload(tp=12), h100)["status_text"] == "ok"  # KV heads replicated
