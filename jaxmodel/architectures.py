@@ -303,10 +303,11 @@ def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
     }
 
 
-def _parameters(arch: Architecture, experts_per_token_or_all) -> jax.Array:
+def _parameters(arch: Architecture, routed_experts) -> jax.Array:
+    """Parameters counting ``routed_experts`` routed experts per MoE layer."""
     p = parameter_breakdown(arch)
     per_layer = p["attention_per_layer"] + p["norms_per_layer"]
-    moe_layer = experts_per_token_or_all * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
+    moe_layer = routed_experts * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
     return (
         arch.n_layers * per_layer
         + arch.n_dense_layers * p["dense_ffn_per_layer"]
