@@ -67,4 +67,6 @@ def activation_bytes(table: ops.OpTable, arch: Architecture, wl: Workload, token
     plus the residual stream that lives across it."""
     sizes = [b for row, b in zip(table.rows, table.act_bytes) if row.kind != ops.COLLECTIVE]
     largest = functools.reduce(jnp.maximum, sizes)
-    return largest + tokens / wl.ep * arch.d_model * wl.act_bytes
+    # With sequence parallelism each TP rank keeps only its 1/tp share of the residual stream.
+    residual_tokens = tokens / wl.ep / (wl.tp if wl.sequence_parallel else 1.0)
+    return largest + residual_tokens * arch.d_model * wl.act_bytes

@@ -66,3 +66,16 @@ def test_memory_parts_add_up(llama70b, h100):
     assert r["memory_bytes"] == pytest.approx(r["weight_bytes"] + r["kv_cache_bytes"] + r["activation_bytes"])
     assert r["memory_headroom_bytes"] == pytest.approx(r["usable_memory_bytes"] - r["memory_bytes"], rel=1e-6)
     assert r["usable_memory_bytes"] == pytest.approx(0.9 * 80 * 2**30)
+
+
+def test_sequence_parallel_shards_the_residual_stream(llama70b, h100):
+    from jaxmodel import inference, ops
+
+    wl = jm.Workload(batch=4, input_tokens=1024, output_tokens=64, tp=8)
+    sp = wl.replace(sequence_parallel=True)
+    tokens = 4 * 1024
+    for w, share in ((wl, 1), (sp, 8)):
+        _, r = inference.prefill(llama70b, w, h100, jm.ideal())
+        largest = max(float(b) for row, b in zip(r.table.rows, r.table.act_bytes) if row.kind != ops.COLLECTIVE)
+        got = float(memory.activation_bytes(r.table, llama70b, w, tokens))
+        assert got == pytest.approx(largest + tokens / share * 8192 * 2)
