@@ -68,6 +68,8 @@ class Architecture(eqx.Module):
         n_dense_layers: leading layers with a dense FFN (all layers when ``moe`` is False).
         q_lora_rank, kv_lora_rank: MLA query / key-value compression ranks (q 0 = none).
         qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA head widths.
+        windowed: (static) whether the op table carries rows for sliding-window layers;
+            set automatically when ``n_sliding_layers`` > 0, or pass True to sweep it.
     """
 
     attention: str = eqx.field(static=True)
@@ -75,6 +77,7 @@ class Architecture(eqx.Module):
     ffn: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     norm: str = eqx.field(static=True)
+    windowed: bool = eqx.field(static=True)
 
     d_model: jax.Array
     n_layers: jax.Array
@@ -137,6 +140,7 @@ class Architecture(eqx.Module):
         qk_nope_head_dim=0,
         qk_rope_head_dim=0,
         v_head_dim=0,
+        windowed: bool = False,
     ):
         owner = "Architecture"
         _checks.one_of(attention, ATTENTION_KINDS, owner, "attention")
@@ -145,6 +149,8 @@ class Architecture(eqx.Module):
         _checks.one_of(norm, NORM_FLOPS, owner, "norm")
         self.attention, self.moe, self.ffn = attention, bool(moe), ffn
         self.activation, self.norm = activation, norm
+        self.windowed = bool(windowed) or isinstance(n_sliding_layers, jax.core.Tracer) or bool(
+            jnp.any(jnp.asarray(n_sliding_layers) > 0))
         if n_kv_heads is None:
             n_kv_heads = n_heads
         if head_dim is None:
@@ -233,6 +239,7 @@ class Architecture(eqx.Module):
     def replace(self, **changes) -> "Architecture":
         """A copy with some fields changed (validated like a fresh construction)."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        current["windowed"] = False  # re-derived from n_sliding_layers unless asked for
         current.update(changes)
         return Architecture(**current)
 

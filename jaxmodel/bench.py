@@ -53,7 +53,7 @@ def time_genz_point() -> float | None:
 
 def run(points: int = 1 << 22, chunk_size: int = 1 << 17, with_genz: bool = True) -> dict:
     arch = load_model("llama-3-70b")
-    system = load_hardware("h100-sxm")
+    system = load_hardware("h100-sxm").datasheet()
     wl = Workload(batch=8, input_tokens=1024, output_tokens=256, tp=4)
     grid = bench_grid(points)
     _, stats = grid_sweep(arch, wl, system, grid=grid, chunk_size=chunk_size, return_stats=True)

@@ -41,7 +41,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--dtype", default="bf16", choices=ACTIVATION_DTYPES, help="weights, activations and KV cache")
     p.add_argument("--weight-dtype", choices=sorted(DTYPE_BYTES), help="override the weight format")
     p.add_argument("--kv-dtype", choices=sorted(DTYPE_BYTES), help="override the KV-cache format")
-    p.add_argument("--fidelity", default="roofline", choices=["roofline"], help="time model")
+    p.add_argument("--fidelity", default="roofline", choices=["roofline", "systolic"],
+                   help="time model: datasheet roofline, or systolic arrays + SRAM hierarchy (needs a preset with "
+                        "a microarchitecture: h100-sxm, a100-sxm-80gb, spad-prefill, spad-decode)")
     p.add_argument("--calibration", default="ideal", help="efficiency set; 'ideal' = pure roofline")
     p.add_argument("--attention", default="flash", choices=ATTENTION_IMPLS, help="attention kernel")
     p.add_argument("--lm-head-tokens", default="last", choices=LM_HEAD_TOKENS,
@@ -64,17 +66,17 @@ def cmd_predict(args) -> int:
         attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens, sequence_parallel=args.sequence_parallel,
         memory_utilization=args.memory_utilization, chunk_tokens=args.chunk_tokens or 512,
     )
-    result = predict(arch, wl, system, eff, chunked_step=args.chunk_tokens is not None)
+    result = predict(arch, wl, system, eff, chunked_step=args.chunk_tokens is not None, fidelity=args.fidelity)
     result.update(model=args.model, hardware=args.hardware, calibration=args.calibration, fidelity=args.fidelity)
     if args.json:
         print(json.dumps(result))
     else:
         _print_summary(result)
     if args.breakdown:
-        table = breakdown(arch, wl, system, eff)
+        table = breakdown(arch, wl, system, eff, fidelity=args.fidelity)
         table = table[table["repeat"] > 0]
         cols = ["phase", "op", "repeat", "flops", "weight_bytes", "act_bytes", "kv_bytes", "comm_bytes",
-                "time_s", "total_s", "bound"]
+                "tensor_s", "vector_s", "memory_s", "comm_s", "time_s", "total_s", "bound"]
         print(table[cols].to_string(index=False), file=sys.stderr if args.json else sys.stdout)
     return 0
 

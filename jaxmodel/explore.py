@@ -113,7 +113,7 @@ def plot(chips: pd.DataFrame, reference: pd.Series | None, cfg: ExploreConfig, p
 
 def run(cfg: ExploreConfig = ExploreConfig(), echo=print) -> dict:
     arch = load_model(cfg.model)
-    system = load_hardware(cfg.hardware)
+    system = load_hardware(cfg.hardware).datasheet()
     wl = Workload(batch=1, input_tokens=cfg.input_tokens, output_tokens=cfg.output_tokens)
     grid = chip_grid(cfg)
     df, stats = grid_sweep(arch, wl, system, grid=grid, return_stats=True,

@@ -1,4 +1,5 @@
-"""Hardware at datasheet level: a chip, the networks joining chips, and the system they form.
+"""Hardware: a chip (at datasheet or microarchitecture level), the networks joining chips, and
+the system they form.
 
 Every magnitude is an array leaf, so a batch of systems is the same pytree with a leading
 axis, and every metric can be differentiated with respect to every field. Units are SI:
@@ -52,31 +53,185 @@ class Chip(eqx.Module):
         _checks.positive(self.mem_capacity_bytes, "Chip", "mem_capacity_bytes")
 
     def tensor_peak(self, dtype: str) -> jax.Array:
-        """Matrix-unit peak for a compute dtype.
+        """Matrix-unit peak for a compute dtype (see :func:`tensor_peak`)."""
+        return tensor_peak(self.tensor_flops, dtype)
 
-        A chip without native support for a narrow dtype runs it through the next wider
-        path it has (e.g. FP8 weights on an A100 are up-converted and multiplied in BF16),
-        which is what serving stacks do; a dtype wider than every declared path is an error.
-        """
-        _checks.one_of(dtype, TENSOR_DTYPES, "Workload", "compute_dtype")
-        if dtype in self.tensor_flops:
-            return self.tensor_flops[dtype]
-        fallbacks = {
-            "fp16": ("bf16",),
-            "bf16": ("fp16",),
-            "fp8": ("bf16", "fp16"),
-            "int8": ("bf16", "fp16"),
-            "fp4": ("fp8", "bf16", "fp16"),
-            "int4": ("int8", "bf16", "fp16"),
-            "fp32": (),
-        }[dtype]
-        for alt in fallbacks:
-            if alt in self.tensor_flops:
-                return self.tensor_flops[alt]
-        raise ValueError(
-            f"Chip declares no tensor peak usable for compute dtype {dtype!r}; "
-            f"it has {sorted(self.tensor_flops)}"
-        )
+
+def tensor_peak(tensor_flops: dict, dtype: str) -> jax.Array:
+    """The peak in ``tensor_flops`` that runs compute dtype ``dtype``.
+
+    A chip without native support for a narrow dtype runs it through the next wider
+    path it has (e.g. FP8 weights on an A100 are up-converted and multiplied in BF16),
+    which is what serving stacks do; a dtype wider than every declared path is an error.
+    """
+    _checks.one_of(dtype, TENSOR_DTYPES, "Workload", "compute_dtype")
+    if dtype in tensor_flops:
+        return tensor_flops[dtype]
+    fallbacks = {
+        "fp16": ("bf16",),
+        "bf16": ("fp16",),
+        "fp8": ("bf16", "fp16"),
+        "int8": ("bf16", "fp16"),
+        "fp4": ("fp8", "bf16", "fp16"),
+        "int4": ("int8", "bf16", "fp16"),
+        "fp32": (),
+    }[dtype]
+    for alt in fallbacks:
+        if alt in tensor_flops:
+            return tensor_flops[alt]
+    raise ValueError(
+        f"Chip declares no tensor peak usable for compute dtype {dtype!r}; "
+        f"it has {sorted(tensor_flops)}"
+    )
+
+
+#: Device-memory technologies a :class:`MemorySystem` may name.
+MEMORY_TECHNOLOGIES = ("hbm2e", "hbm3", "hbm3e", "gddr6", "gddr7", "lpddr5x", "ddr5")
+
+
+class MemorySystem(eqx.Module):
+    """Device memory built from packages (HBM stacks, GDDR chips) on a shared bus.
+
+    Attributes:
+        technology: memory technology name (static), one of :data:`MEMORY_TECHNOLOGIES`.
+        bus_width_bits: total data bus width over all packages, in bits.
+        pin_rate_bps: data rate per pin, bits/s.
+        packages: number of memory packages.
+        capacity_per_package_bytes: bytes per package.
+    """
+
+    technology: str = eqx.field(static=True)
+    bus_width_bits: jax.Array
+    pin_rate_bps: jax.Array
+    packages: jax.Array
+    capacity_per_package_bytes: jax.Array
+
+    def __init__(self, technology, bus_width_bits, pin_rate_bps, packages, capacity_per_package_bytes):
+        _checks.one_of(technology, MEMORY_TECHNOLOGIES, "MemorySystem", "technology")
+        self.technology = technology
+        for name, value in (("bus_width_bits", bus_width_bits), ("pin_rate_bps", pin_rate_bps),
+                            ("packages", packages), ("capacity_per_package_bytes", capacity_per_package_bytes)):
+            setattr(self, name, _checks.as_float(value, "MemorySystem", name))
+            _checks.positive(getattr(self, name), "MemorySystem", name)
+
+    @property
+    def bandwidth_Bps(self) -> jax.Array:
+        return self.bus_width_bits * self.pin_rate_bps / 8.0
+
+    @property
+    def capacity_bytes(self) -> jax.Array:
+        return self.packages * self.capacity_per_package_bytes
+
+
+class SystolicChip(eqx.Module):
+    """An accelerator described at microarchitecture level (LLMCompass's abstraction).
+
+    The chip has ``cores``; each core has ``lanes`` sub-cores, and each lane one systolic
+    array of ``array_rows x array_cols`` processing elements and a vector unit of
+    ``vector_width`` lanes. Each core owns an L1 scratchpad and reaches the shared L2 through
+    a port of ``core_port_bytes_per_cycle``; all data from device memory passes through L2.
+    Datasheet peaks are derived, so a sweep over any field here moves them consistently and
+    the roofline level can run on the same chip.
+
+    Attributes:
+        cores: cores (NVIDIA: SMs).
+        lanes: sub-cores per core, each with one systolic array and one vector unit.
+        array_rows, array_cols: systolic-array size; rows map the M (token) dimension of a
+            matmul, columns the N (output-feature) dimension.
+        macs_per_pe_cycle: multiply-accumulates per processing element per cycle, keyed by
+            compute dtype (e.g. 1 for fp16, 2 for fp8, 0.5 for the fp32/tf32 path).
+        vector_width: vector lanes per sub-core.
+        vector_flops_per_lane_cycle: fp32 FLOPs per vector lane per cycle (2 for an FMA).
+        l1_bytes: L1 / shared-memory scratchpad per core.
+        l2_bytes: shared L2 capacity.
+        l2_bytes_per_cycle: aggregate L2 read bandwidth, bytes per vector-clock cycle.
+        core_port_bytes_per_cycle: bytes per vector-clock cycle one core can receive from L2.
+        tensor_clock_hz: clock of the systolic arrays.
+        vector_clock_hz: clock of the vector units, L1 and L2 ports.
+        memory: the device memory.
+    """
+
+    cores: jax.Array
+    lanes: jax.Array
+    array_rows: jax.Array
+    array_cols: jax.Array
+    macs_per_pe_cycle: dict[str, jax.Array]
+    vector_width: jax.Array
+    vector_flops_per_lane_cycle: jax.Array
+    l1_bytes: jax.Array
+    l2_bytes: jax.Array
+    l2_bytes_per_cycle: jax.Array
+    core_port_bytes_per_cycle: jax.Array
+    tensor_clock_hz: jax.Array
+    vector_clock_hz: jax.Array
+    memory: MemorySystem
+
+    def __init__(self, cores, lanes, array_rows, array_cols, macs_per_pe_cycle, vector_width,
+                 vector_flops_per_lane_cycle, l1_bytes, l2_bytes, l2_bytes_per_cycle,
+                 core_port_bytes_per_cycle, tensor_clock_hz, vector_clock_hz, memory: MemorySystem):
+        if not isinstance(macs_per_pe_cycle, dict) or not macs_per_pe_cycle:
+            raise ValueError("SystolicChip.macs_per_pe_cycle must be a non-empty dict {dtype: MACs per cycle}")
+        for dtype in macs_per_pe_cycle:
+            _checks.one_of(dtype, TENSOR_DTYPES, "SystolicChip", "macs_per_pe_cycle key")
+        self.macs_per_pe_cycle = {
+            k: _checks.as_float(v, "SystolicChip", f"macs_per_pe_cycle[{k!r}]") for k, v in macs_per_pe_cycle.items()
+        }
+        for k, v in self.macs_per_pe_cycle.items():
+            _checks.positive(v, "SystolicChip", f"macs_per_pe_cycle[{k!r}]")
+        counts = dict(cores=cores, lanes=lanes, array_rows=array_rows, array_cols=array_cols,
+                      vector_width=vector_width)
+        sizes = dict(vector_flops_per_lane_cycle=vector_flops_per_lane_cycle, l1_bytes=l1_bytes,
+                     l2_bytes=l2_bytes, l2_bytes_per_cycle=l2_bytes_per_cycle,
+                     core_port_bytes_per_cycle=core_port_bytes_per_cycle, tensor_clock_hz=tensor_clock_hz,
+                     vector_clock_hz=vector_clock_hz)
+        # Counts are whole numbers in a real chip, but sweeps and gradient sizing treat them as
+        # continuous, so only positivity is enforced.
+        for name, value in {**counts, **sizes}.items():
+            setattr(self, name, _checks.as_float(value, "SystolicChip", name))
+            _checks.positive(getattr(self, name), "SystolicChip", name)
+        if not isinstance(memory, MemorySystem):
+            raise ValueError("SystolicChip.memory must be a MemorySystem")
+        self.memory = memory
+
+    # ---- derived datasheet figures -------------------------------------------------------
+    @property
+    def pe_count(self) -> jax.Array:
+        """Processing elements over all systolic arrays."""
+        return self.cores * self.lanes * self.array_rows * self.array_cols
+
+    @property
+    def tensor_flops(self) -> dict[str, jax.Array]:
+        """Matrix-unit peak per dtype: 2 FLOPs per MAC x PEs x MACs/PE/cycle x tensor clock."""
+        return {k: 2.0 * self.pe_count * v * self.tensor_clock_hz for k, v in self.macs_per_pe_cycle.items()}
+
+    @property
+    def vector_flops(self) -> jax.Array:
+        """fp32 peak of the vector units."""
+        return (self.cores * self.lanes * self.vector_width * self.vector_flops_per_lane_cycle
+                * self.vector_clock_hz)
+
+    @property
+    def mem_bw_Bps(self) -> jax.Array:
+        return self.memory.bandwidth_Bps
+
+    @property
+    def mem_capacity_bytes(self) -> jax.Array:
+        return self.memory.capacity_bytes
+
+    @property
+    def l1_total_bytes(self) -> jax.Array:
+        return self.cores * self.l1_bytes
+
+    def tensor_peak(self, dtype: str) -> jax.Array:
+        return tensor_peak(self.tensor_flops, dtype)
+
+    def macs_per_cycle_for(self, dtype: str) -> jax.Array:
+        """MACs per PE per cycle for a compute dtype, with the fallbacks of :func:`tensor_peak`."""
+        return tensor_peak(self.macs_per_pe_cycle, dtype)
+
+    def datasheet(self) -> Chip:
+        """The same chip at datasheet level (derived peaks), e.g. for roofline-only sweeps."""
+        return Chip(self.tensor_flops, self.vector_flops, self.mem_bw_Bps, self.mem_capacity_bytes)
 
 
 class Interconnect(eqx.Module):
@@ -117,14 +272,21 @@ class System(eqx.Module):
         scale_out: network between domains.
     """
 
-    chip: Chip
+    chip: Chip | SystolicChip
     devices_per_node: jax.Array
     scale_up: Interconnect
     scale_out: Interconnect
 
-    def __init__(self, chip: Chip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect):
+    def __init__(self, chip: Chip | SystolicChip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect):
         self.chip = chip
         self.devices_per_node = _checks.as_float(devices_per_node, "System", "devices_per_node")
         _checks.positive(self.devices_per_node, "System", "devices_per_node", integer=True)
         self.scale_up = scale_up
         self.scale_out = scale_out
+
+    def datasheet(self) -> System:
+        """This system with its chip at datasheet level (derived peaks as plain leaves), so
+        that sweeps can vary bandwidth or peak FLOP/s directly at the roofline level."""
+        if isinstance(self.chip, Chip):
+            return self
+        return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out)

@@ -31,7 +31,8 @@ from . import memory, ops, status
 from .architectures import Architecture
 from .efficiency import Efficiency
 from .hardware import System
-from .perf.roofline import RowTimes, row_times
+from .perf import roofline, systolic
+from .perf.roofline import RowTimes
 from .workload import Workload
 
 
@@ -46,10 +47,17 @@ class StepResult(NamedTuple):
     slowest_send_s: jax.Array  # the slowest single transfer (0 without pipelining)
 
 
+#: Fidelity levels: how each operator's time is computed from the op table.
+FIDELITIES = {"roofline": roofline.row_times, "systolic": systolic.row_times}
+
+
 def run_step(arch: Architecture, wl: Workload, system: System, eff: Efficiency, step: ops.Step,
-             sharpness: float | None = None) -> StepResult:
-    table = ops.build_op_table(arch, wl, step, system.devices_per_node)
-    times = row_times(table, system, eff, wl.compute_dtype, sharpness)
+             sharpness: float | None = None, fidelity: str = "roofline",
+             groups: tuple[str, ...] = ops.GROUPS) -> StepResult:
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"fidelity must be one of {sorted(FIDELITIES)} (got {fidelity!r})")
+    table = ops.build_op_table(arch, wl, step, system.devices_per_node, groups)
+    times = FIDELITIES[fidelity](table, system, eff, wl.compute_dtype, sharpness)
     sums = {ops.LAYER: 0.0, ops.HEAD: 0.0, ops.PIPELINE: 0.0}
     slowest_send = jnp.zeros_like(arch.d_model)
     for row, t, repeat in zip(table.rows, times.time, table.repeat):
@@ -79,22 +87,24 @@ def decode_context(wl: Workload) -> jax.Array:
     return wl.input_tokens + wl.output_tokens / 2.0
 
 
-def prefill(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+def prefill(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple[jax.Array, StepResult]:
     m = micro_batches(wl)
-    r = run_step(arch, wl, system, eff, ops.prefill_step(wl, wl.batch / m), sharpness)
+    r = run_step(arch, wl, system, eff, ops.prefill_step(wl, wl.batch / m), sharpness, fidelity,
+                 groups=("prompt",))
     return single_pass_s(r) + (m - 1.0) * stage_s(r, arch, wl), r
 
 
-def decode(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+def decode(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple[jax.Array, StepResult]:
     m = micro_batches(wl)
-    r = run_step(arch, wl, system, eff, ops.decode_step(wl, wl.batch / m, decode_context(wl)), sharpness)
+    r = run_step(arch, wl, system, eff, ops.decode_step(wl, wl.batch / m, decode_context(wl)), sharpness, fidelity,
+                 groups=("decode",))
     return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)), r
 
 
-def chunked(arch, wl, system, eff, sharpness=None) -> tuple[jax.Array, StepResult]:
+def chunked(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple[jax.Array, StepResult]:
     """One Sarathi step: a prompt chunk of ``wl.chunk_tokens`` plus a decode batch of
     ``wl.batch`` sequences at the mean decode context (no pipeline micro-batching)."""
-    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, wl.batch, decode_context(wl)), sharpness)
+    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, wl.batch, decode_context(wl)), sharpness, fidelity)
     return single_pass_s(r), r
 
 
@@ -140,10 +150,16 @@ def memory_metrics(arch, wl, system, prefill_result: StepResult) -> dict[str, ja
 
 
 def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
-             sharpness: float | None = None, chunked_step: bool = False) -> dict[str, jax.Array]:
-    """All metrics of one design point (see the module docstring for definitions)."""
-    prefill_s, pre = prefill(arch, wl, system, eff, sharpness)
-    decode_s, _ = decode(arch, wl, system, eff, sharpness)
+             sharpness: float | None = None, chunked_step: bool = False,
+             fidelity: str = "roofline") -> dict[str, jax.Array]:
+    """All metrics of one design point (see the module docstring for definitions).
+
+    ``fidelity`` picks the operator-time model: ``"roofline"`` (datasheet peaks and
+    efficiency factors) or ``"systolic"`` (:mod:`jaxmodel.perf.systolic`, which needs a
+    :class:`~jaxmodel.hardware.SystolicChip`).
+    """
+    prefill_s, pre = prefill(arch, wl, system, eff, sharpness, fidelity)
+    decode_s, _ = decode(arch, wl, system, eff, sharpness, fidelity)
     e2e = prefill_s + (wl.output_tokens - 1.0) * decode_s
     out = {
         "prefill_s": prefill_s,
@@ -157,7 +173,7 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
     }
     out["throughput_per_device_tok_s"] = out["throughput_tok_s"] / wl.devices
     if chunked_step:
-        out["chunked_step_s"], _ = chunked(arch, wl, system, eff, sharpness)
+        out["chunked_step_s"], _ = chunked(arch, wl, system, eff, sharpness, fidelity)
     out.update(memory_metrics(arch, wl, system, pre))
     out["status"] = status_code(arch, wl, out["fits"])
     return out

@@ -81,8 +81,12 @@ class OpTable(eqx.Module):
         vector_flops: vector-unit FLOPs.
         weight_bytes, act_bytes, kv_bytes: bytes moved to/from device memory for weights,
             activations (reads and writes) and the KV cache (reads and writes).
-        m, n, k: matmul shape (per matmul), 0 for other rows.
-        matmuls: independent matmuls in the row (heads x sequences, experts touched).
+        m, n, k: matmul shape (per matmul); for a vector row, m rows reduced over n
+            elements each (n = 0: elementwise).
+        matmuls: independent matmuls in the row (KV heads x sequences, experts touched).
+        lhs_bytes, rhs_bytes, out_bytes: of a matmul or attention row, the bytes of its left
+            operand (activations, queries), right operand (weights, keys/values) and result,
+            each counted once; the rest of the row's bytes (cache writes) are extra traffic.
         comm_bytes: collective payload (see :mod:`jaxmodel.perf.comm` for its meaning).
         group_size: devices taking part in the collective (1: no communication).
         group_stride: distance between consecutive group members in device order.
@@ -102,6 +106,9 @@ class OpTable(eqx.Module):
     comm_bytes: tuple[jax.Array, ...]
     group_size: tuple[jax.Array, ...]
     group_stride: tuple[jax.Array, ...]
+    lhs_bytes: tuple[jax.Array, ...]
+    rhs_bytes: tuple[jax.Array, ...]
+    out_bytes: tuple[jax.Array, ...]
 
     def stacked(self, column: str) -> jax.Array:
         """One column as an array with the row axis last."""
@@ -178,6 +185,7 @@ class _Rows:
     _FIELDS = (
         "repeat", "flops", "vector_flops", "weight_bytes", "act_bytes", "kv_bytes",
         "m", "n", "k", "matmuls", "comm_bytes", "group_size", "group_stride",
+        "lhs_bytes", "rhs_bytes", "out_bytes",
     )
 
     def __init__(self, dtype):
@@ -204,12 +212,17 @@ class _Rows:
             RowInfo(name, MATMUL, group, block),
             repeat=repeat, flops=2.0 * m * n * k * count, weight_bytes=weights * w_bytes,
             act_bytes=(m * k + m * n) * count * a_bytes, m=m, n=n, k=k, matmuls=count,
+            lhs_bytes=m * k * count * a_bytes, rhs_bytes=weights * w_bytes, out_bytes=m * n * count * a_bytes,
         )
 
-    def vector(self, name, block, *, repeat, elements_read, elements_written, flops, a_bytes, group=LAYER):
+    def vector(self, name, block, *, repeat, elements_read, elements_written, flops, a_bytes, rows,
+               row_length=0.0, group=LAYER):
+        """Vector work over ``rows`` rows; ``row_length`` > 0 marks a reduction along each row
+        (norm, softmax), which needs the whole row on one core."""
         self.add(
             RowInfo(name, VECTOR, group, block),
             repeat=repeat, vector_flops=flops, act_bytes=(elements_read + elements_written) * a_bytes,
+            m=rows, n=row_length,
         )
 
     def collective(self, name, block, kind, *, repeat, payload, size, stride, group=LAYER):
@@ -226,10 +239,17 @@ class _Rows:
         return OpTable(rows=tuple(self.infos), **columns)
 
 
-def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_node=8.0) -> OpTable:
+#: The two request groups a step may hold.
+GROUPS = ("prompt", "decode")
+
+
+def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_node=8.0,
+                   groups: tuple[str, ...] = GROUPS) -> OpTable:
     """Rows of one forward step on one device (see the module docstring for the layout).
 
     ``devices_per_node`` (the scale-up domain size) places pipeline stages on nodes.
+    ``groups`` (static) lists the request groups the step can hold; leaving out one that
+    is known to be empty (the decode group of a prefill) drops its rows from the program.
     """
     dtype = jnp.result_type(arch.d_model, wl.batch, step.tokens)
     rows = _Rows(dtype)
@@ -250,19 +270,21 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
         "norm_residual", "attention", repeat=layers,
         elements_read=norm_reads * norm_tokens * d, elements_written=norm_reads * norm_tokens * d,
         flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + 2.0) * norm_tokens * d, a_bytes=a,
+        rows=norm_tokens, row_length=d,
     )
 
     if arch.attention == "gqa":
-        _gqa_attention(rows, arch, wl, step, tokens, heads)
+        _gqa_attention(rows, arch, wl, step, tokens, heads, groups)
     else:
-        _mla_attention(rows, arch, wl, step, tokens, heads)
+        _mla_attention(rows, arch, wl, step, tokens, heads, groups)
     _tp_sync(rows, wl, "attn", "attention", repeat=layers, payload=tokens * d * a)
 
     n_dense = arch.n_dense_layers
     ff = arch.d_ff / tp
     rows.matmul("ffn_up", "ffn", repeat=n_dense, m=tokens, n=up * ff, k=d, w_bytes=w, a_bytes=a)
     rows.vector("ffn_activation", "ffn", repeat=n_dense, elements_read=up * tokens * ff,
-                elements_written=tokens * ff, flops=ACTIVATION_FLOPS[arch.activation] * tokens * ff, a_bytes=a)
+                elements_written=tokens * ff, flops=ACTIVATION_FLOPS[arch.activation] * tokens * ff, a_bytes=a,
+                rows=tokens)
     rows.matmul("ffn_down", "ffn", repeat=n_dense, m=tokens, n=d, k=ff, w_bytes=w, a_bytes=a)
     _tp_sync(rows, wl, "ffn", "ffn", repeat=n_dense, payload=tokens * d * a)
 
@@ -309,9 +331,13 @@ def _attention_core(rows, wl, name, *, repeat, seqs, new, past, window, heads, k
 
     ``kv_heads`` heads of width ``qk_dim`` (keys) and ``v_dim`` (values) are read at
     ``kv_elem_bytes`` per element; ``kv_write_elements`` new cache elements are written.
+    Query heads that share a KV head form one matmul of ``new x group`` rows against that
+    head's keys, as grouped-query kernels run them; its shape is what a matrix unit sees.
     """
     a = wl.act_bytes
     keys = attention_keys(new, past, window)
+    group = heads / kv_heads
+    q_rows = new * group
     # Fused kernels skip masked blocks (causal pairs); unfused ones compute the full rectangle.
     pairs = seqs * (attention_pairs(new, past, window) if causal else new * keys)
     q_bytes = seqs * new * heads * qk_dim * a
@@ -320,38 +346,44 @@ def _attention_core(rows, wl, name, *, repeat, seqs, new, past, window, heads, k
     v_read = seqs * keys * kv_heads * v_dim * kv_elem_bytes
     kv_write = seqs * kv_write_elements * wl.kv_bytes
     score_elems = heads * pairs
+    shape = dict(m=q_rows, matmuls=seqs * kv_heads)
     if wl.attention_impl == "flash":
         rows.add(
             RowInfo(name, ATTENTION, LAYER, "attention"),
             repeat=repeat, flops=2.0 * score_elems * (qk_dim + v_dim),
             vector_flops=SOFTMAX_FLOPS * score_elems, act_bytes=q_bytes + o_bytes,
-            kv_bytes=k_read + v_read + kv_write, m=new, n=keys, k=qk_dim, matmuls=seqs * heads,
+            kv_bytes=k_read + v_read + kv_write, n=keys, k=qk_dim,
+            lhs_bytes=q_bytes, rhs_bytes=k_read + v_read, out_bytes=o_bytes, **shape,
         )
         return
     rows.add(
         RowInfo(name + "_scores", MATMUL, LAYER, "attention"),
         repeat=repeat, flops=2.0 * score_elems * qk_dim, act_bytes=q_bytes + score_elems * a,
-        kv_bytes=k_read + kv_write, m=new, n=keys, k=qk_dim, matmuls=seqs * heads,
+        kv_bytes=k_read + kv_write, n=keys, k=qk_dim,
+        lhs_bytes=q_bytes, rhs_bytes=k_read, out_bytes=score_elems * a, **shape,
     )
     rows.vector(name + "_softmax", "attention", repeat=repeat, elements_read=score_elems,
-                elements_written=score_elems, flops=SOFTMAX_FLOPS * score_elems, a_bytes=a)
+                elements_written=score_elems, flops=SOFTMAX_FLOPS * score_elems, a_bytes=a,
+                rows=seqs * heads * new, row_length=keys)
     rows.add(
         RowInfo(name + "_context", MATMUL, LAYER, "attention"),
         repeat=repeat, flops=2.0 * score_elems * v_dim, act_bytes=score_elems * a + o_bytes,
-        kv_bytes=v_read, m=new, n=v_dim, k=keys, matmuls=seqs * heads,
+        kv_bytes=v_read, n=v_dim, k=keys,
+        lhs_bytes=score_elems * a, rhs_bytes=v_read, out_bytes=o_bytes, **shape,
     )
 
 
 def _window_classes(arch: Architecture):
-    """(row suffix, layers, window) for globally attending and sliding-window layers."""
+    """(row suffix, layers, window) for globally attending and sliding-window layers (the
+    latter only for a ``windowed`` architecture)."""
     no_window = jnp.zeros_like(arch.sliding_window)
-    return (
-        ("", arch.n_layers - arch.n_sliding_layers, no_window),
-        ("_window", arch.n_sliding_layers, arch.sliding_window),
-    )
+    classes = (("", arch.n_layers - arch.n_sliding_layers, no_window),)
+    if arch.windowed:
+        classes += (("_window", arch.n_sliding_layers, arch.sliding_window),)
+    return classes
 
 
-def _gqa_attention(rows, arch, wl, step, tokens, heads):
+def _gqa_attention(rows, arch, wl, step, tokens, heads, groups):
     a, w = wl.act_bytes, wl.weight_bytes
     d, hd, layers, tp = arch.d_model, arch.head_dim, arch.n_layers, wl.tp
     # KV heads are split over TP ranks, or replicated when there are fewer than ranks.
@@ -360,9 +392,9 @@ def _gqa_attention(rows, arch, wl, step, tokens, heads):
                 w_bytes=w, a_bytes=a)
     rotated = tokens * (heads + kv_heads) * hd * arch.rotary_fraction
     rows.vector("rotary", "attention", repeat=layers, elements_read=rotated, elements_written=rotated,
-                flops=ROTARY_FLOPS * rotated, a_bytes=a)
+                flops=ROTARY_FLOPS * rotated, a_bytes=a, rows=tokens)
     for suffix, n_layers, window in _window_classes(arch):
-        for group, seqs, new, past, causal in _groups(step, wl):
+        for group, seqs, new, past, causal in _groups(step, wl, groups):
             _attention_core(
                 rows, wl, f"attention_{group}{suffix}", repeat=n_layers, seqs=seqs, new=new, past=past,
                 window=window, heads=heads, kv_heads=kv_heads, qk_dim=hd, v_dim=hd,
@@ -371,16 +403,20 @@ def _gqa_attention(rows, arch, wl, step, tokens, heads):
     rows.matmul("o_proj", "attention", repeat=layers, m=tokens, n=d, k=heads * hd, w_bytes=w, a_bytes=a)
 
 
-def _groups(step: Step, wl: Workload):
-    """(name, sequences per device, new tokens, cached tokens, causal) of both groups."""
+def _groups(step: Step, wl: Workload, groups=GROUPS):
+    """(name, sequences per device, new tokens, cached tokens, causal) of the groups asked for."""
     causal = wl.attention_impl == "flash"
-    return (
+    both = (
         ("prompt", step.prompt_seqs / wl.ep, step.prompt_new, step.prompt_past, causal),
         ("decode", step.decode_seqs / wl.ep, jnp.ones_like(step.decode_past), step.decode_past, True),
     )
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"op-table groups must be among {GROUPS} (got {sorted(unknown)})")
+    return tuple(g for g in both if g[0] in groups)
 
 
-def _mla_attention(rows, arch, wl, step, tokens, heads):
+def _mla_attention(rows, arch, wl, step, tokens, heads, groups):
     """DeepSeek multi-head latent attention.
 
     The cache holds one latent of ``kv_lora_rank + qk_rope_head_dim`` per token, shared by
@@ -401,32 +437,34 @@ def _mla_attention(rows, arch, wl, step, tokens, heads):
     rows.matmul("q_up_proj", "attention", repeat=layers, m=tokens, n=heads * qk, k=q_in, w_bytes=w, a_bytes=a)
     rotated = tokens * (heads + 1.0) * rope
     rows.vector("rotary", "attention", repeat=layers, elements_read=rotated, elements_written=rotated,
-                flops=ROTARY_FLOPS * rotated, a_bytes=a)
+                flops=ROTARY_FLOPS * rotated, a_bytes=a, rows=tokens)
     (_, pseqs, pnew, ppast, pcausal), (_, dseqs, dnew, dpast, _) = _groups(step, wl)
     # A group absent from this step must not stream its projection weights.
     has_prompt = (pseqs > 0).astype(d.dtype)
     has_decode = (dseqs > 0).astype(d.dtype)
     for suffix, n_layers, window in _window_classes(arch):
-        # Prompt group: expand the latents of every key it attends to into per-head K and V.
-        ctx_tokens = pseqs * attention_keys(pnew, ppast, window)
-        rows.matmul(f"kv_up_proj{suffix}", "attention", repeat=n_layers * has_prompt, m=ctx_tokens, n=heads * (nope + vd),
-                    k=kvr, w_bytes=w, a_bytes=a)
-        _attention_core(
-            rows, wl, f"attention_prompt{suffix}", repeat=n_layers, seqs=pseqs, new=pnew, past=ppast,
-            window=window, heads=heads, kv_heads=heads, qk_dim=qk, v_dim=vd, kv_elem_bytes=a,
-            kv_write_elements=pnew * latent, causal=pcausal,
-        )
-        # Decode group: absorb W_UK into the query and W_UV into the output.
-        dtokens = dseqs * dnew
-        rows.matmul(f"q_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=kvr, k=nope, count=heads,
-                    w_bytes=w, a_bytes=a)
-        _attention_core(
-            rows, wl, f"attention_decode{suffix}", repeat=n_layers, seqs=dseqs, new=dnew, past=dpast,
-            window=window, heads=heads, kv_heads=jnp.ones_like(heads), qk_dim=latent, v_dim=kvr,
-            kv_elem_bytes=wl.kv_bytes, kv_write_elements=dnew * latent, causal=True,
-        )
-        rows.matmul(f"v_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=vd, k=kvr, count=heads,
-                    w_bytes=w, a_bytes=a)
+        if "prompt" in groups:
+            # Prompt group: expand the latents of every key it attends to into per-head K and V.
+            ctx_tokens = pseqs * attention_keys(pnew, ppast, window)
+            rows.matmul(f"kv_up_proj{suffix}", "attention", repeat=n_layers * has_prompt, m=ctx_tokens,
+                        n=heads * (nope + vd), k=kvr, w_bytes=w, a_bytes=a)
+            _attention_core(
+                rows, wl, f"attention_prompt{suffix}", repeat=n_layers, seqs=pseqs, new=pnew, past=ppast,
+                window=window, heads=heads, kv_heads=heads, qk_dim=qk, v_dim=vd, kv_elem_bytes=a,
+                kv_write_elements=pnew * latent, causal=pcausal,
+            )
+        if "decode" in groups:
+            # Decode group: absorb W_UK into the query and W_UV into the output.
+            dtokens = dseqs * dnew
+            rows.matmul(f"q_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=kvr, k=nope,
+                        count=heads, w_bytes=w, a_bytes=a)
+            _attention_core(
+                rows, wl, f"attention_decode{suffix}", repeat=n_layers, seqs=dseqs, new=dnew, past=dpast,
+                window=window, heads=heads, kv_heads=jnp.ones_like(heads), qk_dim=latent, v_dim=kvr,
+                kv_elem_bytes=wl.kv_bytes, kv_write_elements=dnew * latent, causal=True,
+            )
+            rows.matmul(f"v_absorb{suffix}", "attention", repeat=n_layers * has_decode, m=dtokens, n=vd, k=kvr,
+                        count=heads, w_bytes=w, a_bytes=a)
     rows.matmul("o_proj", "attention", repeat=layers, m=tokens, n=d, k=heads * vd, w_bytes=w, a_bytes=a)
 
 
@@ -456,7 +494,7 @@ def _moe(rows, arch, wl, step, tokens):
     rows.matmul("experts_up", "moe", repeat=n_moe, m=per_expert, n=up * ff, k=d, count=touched,
                 w_bytes=w, a_bytes=a)
     rows.vector("experts_activation", "moe", repeat=n_moe, elements_read=up * routed * ff,
-                elements_written=routed * ff, flops=act_flops * routed * ff, a_bytes=a)
+                elements_written=routed * ff, flops=act_flops * routed * ff, a_bytes=a, rows=routed)
     rows.matmul("experts_down", "moe", repeat=n_moe, m=per_expert, n=d, k=ff, count=touched,
                 w_bytes=w, a_bytes=a)
     rows.collective("moe_combine", "moe", ALL_TO_ALL, repeat=n_moe, payload=tokens * k * d * a,
@@ -466,7 +504,7 @@ def _moe(rows, arch, wl, step, tokens):
     rows.matmul("shared_up", "moe", repeat=n_moe * has_shared, m=tokens, n=up * shared_ff, k=d,
                 w_bytes=w, a_bytes=a)
     rows.vector("shared_activation", "moe", repeat=n_moe * has_shared, elements_read=up * tokens * shared_ff,
-                elements_written=tokens * shared_ff, flops=act_flops * tokens * shared_ff, a_bytes=a)
+                elements_written=tokens * shared_ff, flops=act_flops * tokens * shared_ff, a_bytes=a, rows=tokens)
     rows.matmul("shared_down", "moe", repeat=n_moe * has_shared, m=tokens, n=d, k=shared_ff,
                 w_bytes=w, a_bytes=a)
     _tp_sync(rows, wl, "moe", "moe", repeat=n_moe, payload=tokens * d * a)
@@ -482,11 +520,12 @@ def _embedding_and_head(rows, arch, wl, step, tokens):
     rows.collective("embedding_all_reduce", "embedding", ALL_REDUCE, repeat=one, payload=tokens * d * a,
                     size=tp, stride=1.0, group=HEAD)
     rows.vector("final_norm", "lm_head", repeat=one, elements_read=tokens * d, elements_written=tokens * d,
-                flops=NORM_FLOPS[arch.norm] * tokens * d, a_bytes=a, group=HEAD)
+                flops=NORM_FLOPS[arch.norm] * tokens * d, a_bytes=a, rows=tokens, row_length=d, group=HEAD)
     logit_rows = step.logit_rows / wl.ep
     rows.matmul("lm_head", "lm_head", repeat=one, m=logit_rows, n=vocab / tp, k=d, w_bytes=w, a_bytes=a,
                 group=HEAD)
     rows.collective("logits_all_gather", "lm_head", ALL_GATHER, repeat=one, payload=logit_rows * vocab * a,
                     size=tp, stride=1.0, group=HEAD)
     rows.vector("sampling", "lm_head", repeat=one, elements_read=logit_rows * vocab,
-                elements_written=logit_rows, flops=SAMPLING_FLOPS * logit_rows * vocab, a_bytes=a, group=HEAD)
+                elements_written=logit_rows, flops=SAMPLING_FLOPS * logit_rows * vocab, a_bytes=a,
+                rows=logit_rows, row_length=vocab, group=HEAD)

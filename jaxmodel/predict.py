@@ -19,9 +19,9 @@ from .workload import Workload
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
-def _evaluate(arch, wl, system, eff, sharpness, chunked_step):
+def _evaluate(arch, wl, system, eff, sharpness, chunked_step, fidelity):
     TRACE_COUNTS["evaluate"] += 1
-    return inference.evaluate(arch, wl, system, eff, sharpness, chunked_step)
+    return inference.evaluate(arch, wl, system, eff, sharpness, chunked_step, fidelity)
 
 
 evaluate_jit = eqx.filter_jit(_evaluate)
@@ -56,7 +56,7 @@ def _require_single_point(*trees) -> None:
 
 
 def predict(arch: Architecture, wl: Workload, system: System, efficiency: Efficiency | None = None, *,
-            chunked_step: bool = False, sharpness: float | None = None) -> dict:
+            chunked_step: bool = False, sharpness: float | None = None, fidelity: str = "roofline") -> dict:
     """Metrics of one design point as plain Python values (SI units).
 
     Keys are those of :func:`jaxmodel.inference.evaluate` plus ``status_text``. Raises
@@ -66,7 +66,7 @@ def predict(arch: Architecture, wl: Workload, system: System, efficiency: Effici
     eff = ideal() if efficiency is None else efficiency
     _require_single_point(arch, wl, system, eff)
     check_parallelism(arch, wl)
-    out = evaluate_jit(arch, wl, system, eff, sharpness, chunked_step)
+    out = evaluate_jit(arch, wl, system, eff, sharpness, chunked_step, fidelity)
     result = {}
     for key, value in jax.device_get(out).items():
         value = np.asarray(value)
@@ -75,10 +75,10 @@ def predict(arch: Architecture, wl: Workload, system: System, efficiency: Effici
     return result
 
 
-def _breakdown(arch, wl, system, eff, sharpness):
+def _breakdown(arch, wl, system, eff, sharpness, fidelity):
     TRACE_COUNTS["breakdown"] += 1
-    _, pre = inference.prefill(arch, wl, system, eff, sharpness)
-    _, dec = inference.decode(arch, wl, system, eff, sharpness)
+    _, pre = inference.prefill(arch, wl, system, eff, sharpness, fidelity)
+    _, dec = inference.decode(arch, wl, system, eff, sharpness, fidelity)
     return pre, dec
 
 
@@ -86,18 +86,20 @@ _breakdown_jit = eqx.filter_jit(_breakdown)
 
 
 def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Efficiency | None = None, *,
-              sharpness: float | None = None) -> pd.DataFrame:
+              sharpness: float | None = None, fidelity: str = "roofline") -> pd.DataFrame:
     """Per-operator table of one prefill micro-batch and one decode step.
 
     Columns: ``phase``, ``op``, ``kind``, ``block``, ``collective``, ``repeat``, ``m``, ``n``,
     ``k``, ``matmuls``, ``flops``, ``vector_flops``, ``weight_bytes``, ``act_bytes``,
     ``kv_bytes``, ``comm_bytes``, ``group_size``, ``time_s`` (one execution), ``total_s``
-    (times ``repeat``), ``bound`` (``tensor``, ``vector``, ``memory`` or ``network``).
+    (times ``repeat``), the parts of one execution ``tensor_s``, ``vector_s``, ``memory_s``
+    and ``comm_s`` (they overlap, so ``time_s`` is not their sum), and ``bound``
+    (``tensor``, ``vector``, ``memory`` or ``network``).
     """
     eff = ideal() if efficiency is None else efficiency
     _require_single_point(arch, wl, system, eff)
     check_parallelism(arch, wl)
-    results = jax.device_get(_breakdown_jit(arch, wl, system, eff, sharpness))
+    results = jax.device_get(_breakdown_jit(arch, wl, system, eff, sharpness, fidelity))
     frames = []
     for phase, r in zip(("prefill", "decode"), results):
         t = r.table
@@ -115,7 +117,10 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
         cols["time_s"] = np.asarray(times.time, dtype=float)
         cols["total_s"] = cols["time_s"] * cols["repeat"]
         terms = np.stack([np.asarray(times.tensor), np.asarray(times.vector), np.asarray(times.memory)])
+        collective = np.array(cols["kind"]) == ops.COLLECTIVE
+        cols["tensor_s"], cols["vector_s"], cols["memory_s"] = (np.asarray(x, dtype=float) for x in terms)
+        cols["comm_s"] = np.where(collective, cols["time_s"], 0.0)
         bound = np.array(["tensor", "vector", "memory"], dtype=object)[np.argmax(terms, axis=0)]
-        cols["bound"] = np.where(np.array(cols["kind"]) == ops.COLLECTIVE, "network", bound)
+        cols["bound"] = np.where(collective, "network", bound)
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)

@@ -17,6 +17,7 @@ status bits set, never NaN and never an exception.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -58,12 +59,18 @@ def _resolve(point: DesignPoint, path: str, check_leaf: bool = False):
             if part not in obj:
                 raise ValueError(f"sweep path {path!r}: no key {part!r} (have {sorted(obj)})")
             obj = obj[part]
-        elif isinstance(obj, eqx.Module) and hasattr(obj, part):
+        elif isinstance(obj, eqx.Module) and part in {f.name for f in dataclasses.fields(obj)}:
             obj = getattr(obj, part)
+        elif isinstance(obj, eqx.Module) and hasattr(obj, part):
+            raise ValueError(f"sweep path {path!r}: {type(obj).__name__}.{part} is derived from other fields; "
+                             "sweep those (or use System.datasheet() to make the datasheet figures leaves)")
         else:
             raise ValueError(f"sweep path {path!r}: {type(obj).__name__} has no field {part!r}")
     if check_leaf and not isinstance(obj, jax.Array):
         raise ValueError(f"sweep path {path!r} names a static field, which cannot be swept")
+    if check_leaf and path == "arch.n_sliding_layers" and not point.arch.windowed:
+        raise ValueError("sweep path 'arch.n_sliding_layers': the base architecture has no sliding-window "
+                         "layers; build it with windowed=True to sweep them")
     return obj
 
 
@@ -77,8 +84,9 @@ def _set_leaves(point: DesignPoint, paths: Sequence[str], values) -> DesignPoint
     )
 
 
-def _evaluate(point: DesignPoint, metrics, sharpness, chunked_step):
-    out = inference.evaluate(point.arch, point.workload, point.system, point.efficiency, sharpness, chunked_step)
+def _evaluate(point: DesignPoint, metrics, sharpness, chunked_step, fidelity="roofline"):
+    out = inference.evaluate(point.arch, point.workload, point.system, point.efficiency, sharpness, chunked_step,
+                             fidelity)
     return {k: out[k] for k in metrics}
 
 
@@ -99,15 +107,16 @@ def _tiny_system() -> System:
     return System(Chip({"bf16": 1.0}, 1.0, 1.0, 1.0), 1, Interconnect(1.0, 0.0), Interconnect(1.0, 0.0))
 
 
-@functools.partial(jax.jit, static_argnames=("paths", "shape", "chunk", "metrics", "sharpness", "chunked_step"))
-def _grid_chunk(base, axes, start, *, paths, shape, chunk, metrics, sharpness, chunked_step):
+@functools.partial(jax.jit, static_argnames=("paths", "shape", "chunk", "metrics", "sharpness", "chunked_step",
+                                             "fidelity"))
+def _grid_chunk(base, axes, start, *, paths, shape, chunk, metrics, sharpness, chunked_step, fidelity):
     total = math.prod(shape)
     index = jnp.minimum(start + jnp.arange(chunk, dtype=jnp.int32), total - 1)
     coords = jnp.unravel_index(index, shape)
     values = [axis[c] for axis, c in zip(axes, coords)]
 
     def one(*vals):
-        return _evaluate(_set_leaves(base, paths, vals), metrics, sharpness, chunked_step)
+        return _evaluate(_set_leaves(base, paths, vals), metrics, sharpness, chunked_step, fidelity)
 
     return jax.vmap(one)(*values)
 
@@ -133,6 +142,7 @@ def grid_sweep(
     chunk_size: int = DEFAULT_CHUNK,
     sharpness: float | None = None,
     chunked_step: bool = False,
+    fidelity: str = "roofline",
     progress: Callable[[int, int], None] | None = None,
     return_stats: bool = False,
 ):
@@ -142,6 +152,7 @@ def grid_sweep(
         grid: ``{path: values}``; the Cartesian product is evaluated, first path slowest.
         metrics: metric names to keep (default: all, see :func:`metric_names`).
         chunk_size: points per compiled call; bounds memory.
+        fidelity: ``"roofline"`` or ``"systolic"`` (see :func:`jaxmodel.inference.evaluate`).
         progress: called as ``progress(done, total)`` after each chunk.
 
     Returns:
@@ -166,7 +177,7 @@ def grid_sweep(
     metrics = tuple(metrics or metric_names(chunked_step))
     chunk = int(min(chunk_size, max(total, 1)))
     kwargs = dict(paths=paths, shape=shape, chunk=chunk, metrics=metrics, sharpness=sharpness,
-                  chunked_step=chunked_step)
+                  chunked_step=chunked_step, fidelity=fidelity)
 
     t0 = time.perf_counter()
     compiled = _grid_chunk.lower(base, axes, jnp.int32(0), **kwargs).compile()
@@ -206,9 +217,9 @@ def grid_sweep(
     return df
 
 
-@functools.partial(jax.jit, static_argnames=("metrics", "sharpness", "chunked_step"))
-def _points_chunk(points, *, metrics, sharpness, chunked_step):
-    return jax.vmap(lambda p: _evaluate(p, metrics, sharpness, chunked_step))(points)
+@functools.partial(jax.jit, static_argnames=("metrics", "sharpness", "chunked_step", "fidelity"))
+def _points_chunk(points, *, metrics, sharpness, chunked_step, fidelity):
+    return jax.vmap(lambda p: _evaluate(p, metrics, sharpness, chunked_step, fidelity))(points)
 
 
 def evaluate_points(
@@ -221,6 +232,7 @@ def evaluate_points(
     chunk_size: int = DEFAULT_CHUNK,
     sharpness: float | None = None,
     chunked_step: bool = False,
+    fidelity: str = "roofline",
 ) -> pd.DataFrame:
     """Evaluate design points given as pytrees with a leading point axis on some leaves.
 
@@ -242,7 +254,8 @@ def evaluate_points(
         # Pad the last chunk to the compiled size by repeating its final point.
         idx = np.minimum(np.arange(start, start + chunk), stop - 1)
         piece = jax.tree_util.tree_map(lambda x, idx=idx: x[idx], point)
-        out = jax.device_get(_points_chunk(piece, metrics=metrics, sharpness=sharpness, chunked_step=chunked_step))
+        out = jax.device_get(_points_chunk(piece, metrics=metrics, sharpness=sharpness, chunked_step=chunked_step,
+                                                fidelity=fidelity))
         for m in metrics:
             columns[m].append(np.asarray(out[m])[: stop - start])
     return pd.DataFrame({m: np.concatenate(columns[m]) for m in metrics})

@@ -13,7 +13,7 @@ DATA = pathlib.Path(__file__).parent / "data"
 def h100():
     import jaxmodel as jm
 
-    return jm.load_hardware("h100-sxm")
+    return jm.load_hardware("h100-sxm").datasheet()
 
 
 @pytest.fixture(scope="session")

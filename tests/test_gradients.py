@@ -22,7 +22,7 @@ def test_hardware_gradients_match_finite_differences(tp):
         # Discrete placement rules (collective inside a node, pipeline boundary across nodes)
         # jump at whole numbers of devices; this point sits strictly between such jumps.
         wl = _f64(jm.Workload(batch=24, input_tokens=1500, output_tokens=300, tp=tp, pp=3))
-        system = _f64(jm.load_hardware("h100-sxm"))
+        system = _f64(jm.load_hardware("h100-sxm").datasheet())
         eff = _f64(jm.ideal())
         leaves, treedef = jax.tree_util.tree_flatten(system)
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(system)[0]]
@@ -44,7 +44,7 @@ def test_hardware_gradients_match_finite_differences(tp):
 
 
 def test_gradients_have_the_expected_signs():
-    arch, wl, system = jm.load_model("llama-3-70b"), jm.Workload(batch=8, tp=4), jm.load_hardware("h100-sxm")
+    arch, wl, system = jm.load_model("llama-3-70b"), jm.Workload(batch=8, tp=4), jm.load_hardware("h100-sxm").datasheet()
     g = jax.grad(lambda s: inference.evaluate(arch, wl, s, jm.ideal())["tpot_s"])(system)
     assert float(g.chip.mem_bw_Bps) < 0  # more bandwidth, faster decode
     assert float(g.scale_up.link_latency_s) > 0  # slower links, slower decode
@@ -53,7 +53,7 @@ def test_gradients_have_the_expected_signs():
 
 
 def test_gradients_with_respect_to_workload_and_architecture():
-    arch, system = jm.load_model("llama-3-70b"), jm.load_hardware("h100-sxm")
+    arch, system = jm.load_model("llama-3-70b"), jm.load_hardware("h100-sxm").datasheet()
     wl = jm.Workload(batch=8, tp=4)
     g = jax.grad(lambda w: inference.evaluate(arch, w, system, jm.ideal())["prefill_s"])(wl)
     assert float(g.batch) > 0 and float(g.input_tokens) > 0

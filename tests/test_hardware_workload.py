@@ -9,24 +9,26 @@ from jaxmodel.hardware import Chip, Interconnect
 
 
 def test_presets_load_and_match_datasheets():
+    # Peaks derived from the microarchitecture agree with the datasheets to 0.1%.
     h100 = jm.load_hardware("h100-sxm").chip
     # NVIDIA H100 SXM datasheet: 1979 TFLOP/s BF16 with sparsity -> 989.4 dense; 3.35 TB/s.
-    assert float(h100.tensor_flops["bf16"]) == pytest.approx(989.4e12)
-    assert float(h100.mem_bw_Bps) == pytest.approx(3.35e12)
+    assert float(h100.tensor_flops["bf16"]) == pytest.approx(989.4e12, rel=1e-3)
+    assert float(h100.mem_bw_Bps) == pytest.approx(3.35e12, rel=1e-3)
     # SPAD Table 3 derives the H100's FP32 vector peak as 66.9 TFLOP/s.
-    assert float(h100.vector_flops) == pytest.approx(66.9e12)
+    assert float(h100.vector_flops) == pytest.approx(66.9e12, rel=1e-3)
     a100 = jm.load_hardware("a100-sxm-80gb").chip
-    assert float(a100.tensor_flops["bf16"]) == pytest.approx(312e12)
-    assert float(a100.mem_bw_Bps) == pytest.approx(2.039e12)
+    assert float(a100.tensor_flops["bf16"]) == pytest.approx(312e12, rel=1e-3)
+    assert float(a100.mem_bw_Bps) == pytest.approx(2.039e12, rel=1e-3)
+    assert float(a100.vector_flops) == pytest.approx(19.5e12, rel=1e-3)
     assert set(jm.list_hardware()) >= {"a100-sxm-80gb", "h100-sxm", "h200-sxm", "b200"}
 
 
 def test_tensor_peak_falls_back_to_the_path_a_chip_has():
     a100 = jm.load_hardware("a100-sxm-80gb").chip
     # No FP8 units on A100: FP8 models run through the BF16 path.
-    assert float(a100.tensor_peak("fp8")) == pytest.approx(312e12)
+    assert float(a100.tensor_peak("fp8")) == float(a100.tensor_peak("bf16"))
     h100 = jm.load_hardware("h100-sxm").chip
-    assert float(h100.tensor_peak("fp8")) == pytest.approx(1978.9e12)
+    assert float(h100.tensor_peak("fp8")) == pytest.approx(1978.9e12, rel=1e-3)
     assert float(h100.tensor_peak("fp16")) == float(h100.tensor_peak("bf16"))
     with pytest.raises(ValueError, match="no tensor peak usable for compute dtype 'fp32'"):
         Chip({"bf16": 1e15}, 1e13, 1e12, 1e10).tensor_peak("fp32")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..architectures import Architecture, architecture_from_dict
 from ..efficiency import Efficiency, ideal
-from ..hardware import Chip, Interconnect, System
+from ..hardware import Chip, Interconnect, MemorySystem, SystolicChip, System
 from ..hf_config import load_hf_config
 
 
@@ -62,8 +62,23 @@ def hardware_spec(name: str) -> dict:
     return _read("hardware", name, "hardware")
 
 
+def chip_from_dict(spec: dict) -> Chip | SystolicChip:
+    """A datasheet-level :class:`Chip`, or a :class:`SystolicChip` when ``spec`` describes cores."""
+    if "cores" not in spec:
+        return Chip(**spec)
+    fields = dict(spec)
+    memory = fields.pop("memory", None)
+    if not isinstance(memory, dict):
+        raise ValueError("a microarchitecture chip spec needs a 'memory' object (technology, bus_width_bits, "
+                         "pin_rate_bps, packages, capacity_per_package_bytes)")
+    try:
+        return SystolicChip(memory=MemorySystem(**memory), **fields)
+    except TypeError as exc:
+        raise ValueError(f"bad microarchitecture chip spec: {exc}") from exc
+
+
 def system_from_dict(spec: dict) -> System:
-    chip = Chip(**spec["chip"])
+    chip = chip_from_dict(spec["chip"])
     return System(
         chip=chip,
         devices_per_node=spec["devices_per_node"],
