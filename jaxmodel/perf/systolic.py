@@ -20,8 +20,8 @@ tiles on ``C`` cores in ``W = ⌈T/C⌉`` waves:
   and the L2 keeps panels ``(Bm·e_A + Bn·e_B)·K ≤ L2`` across waves, so DRAM traffic is
   ``A_bytes·⌈N/Bn⌉ + B_bytes·⌈M/Bm⌉ + C_bytes`` for the larger of the two blocks;
 * L2 reads are bounded by the aggregate L2 bandwidth, DRAM traffic by memory bandwidth;
-  core work and memory overlap in a software pipeline of ``W·K/s/64`` stages, exposing one
-  stage of the shorter side: ``t = max(core, mem) + min(core, mem)/stages``;
+  core work and memory overlap in a software pipeline over the ``T·K/s/64`` tile stages,
+  exposing one stage of the shorter side: ``t = max(core, mem) + min(core, mem)/stages``;
 * a K split adds a reduction of the fp32 partial sums on the vector units.
 
 **Vector operators** run on ``lanes x vector_width`` lanes per core at the vector clock;
@@ -157,7 +157,7 @@ def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, cou
             + cand(out_bytes + extra_bytes))
     mem_s = dram / cand(mem_Bps)
     work_s = soft_max((core_s, l2_s), sharpness) + reduce_s
-    stages = waves * jnp.maximum(k_tile / K_STAGE, 1.0)
+    stages = tiles * jnp.maximum(k_tile / K_STAGE, 1.0)
     times = soft_max((work_s, mem_s), sharpness) + jnp.minimum(work_s, mem_s) / stages
     best, weights = _pick(times, sharpness)
 
@@ -173,9 +173,8 @@ def vector_time(chip: SystolicChip, eff: Efficiency, *, flops, bytes_moved, rows
     single_pass = row_length * ACC_BYTES <= chip.l1_bytes / 2.0
     # A two-pass reduction reads its input (half the row's traffic) once more.
     dram = bytes_moved * jnp.where(single_pass, 1.0, 1.5)
-    # Reductions put whole rows on a core; elementwise work is cut into half-L1 chunks.
-    units = jnp.where(row_length > 0, rows, _ceil(bytes_moved / (chip.l1_bytes / 2.0), sharpness))
-    active = jnp.clip(units, 1.0, chip.cores)
+    # Rows are spread over the cores (a reduction needs its whole row on one core).
+    active = jnp.clip(rows, 1.0, chip.cores)
     lane_flops = chip.lanes * chip.vector_width * chip.vector_flops_per_lane_cycle * chip.vector_clock_hz
     vector_s = flops / (active * lane_flops * eff.vector)
     mem_s = dram / (chip.mem_bw_Bps * eff.memory)
