@@ -36,18 +36,10 @@ class Chip(eqx.Module):
     mem_capacity_bytes: jax.Array
 
     def __init__(self, tensor_flops, vector_flops, mem_bw_Bps, mem_capacity_bytes):
-        if not isinstance(tensor_flops, dict) or not tensor_flops:
-            raise ValueError("Chip.tensor_flops must be a non-empty dict {dtype: FLOP/s}")
-        for dtype in tensor_flops:
-            _checks.one_of(dtype, TENSOR_DTYPES, "Chip", "tensor_flops key")
-        self.tensor_flops = {
-            k: _checks.as_float(v, "Chip", f"tensor_flops[{k!r}]") for k, v in tensor_flops.items()
-        }
+        self.tensor_flops = _per_dtype(tensor_flops, "Chip", "tensor_flops", "FLOP/s")
         self.vector_flops = _checks.as_float(vector_flops, "Chip", "vector_flops")
         self.mem_bw_Bps = _checks.as_float(mem_bw_Bps, "Chip", "mem_bw_Bps")
         self.mem_capacity_bytes = _checks.as_float(mem_capacity_bytes, "Chip", "mem_capacity_bytes")
-        for k, v in self.tensor_flops.items():
-            _checks.positive(v, "Chip", f"tensor_flops[{k!r}]")
         _checks.positive(self.vector_flops, "Chip", "vector_flops")
         _checks.positive(self.mem_bw_Bps, "Chip", "mem_bw_Bps")
         _checks.positive(self.mem_capacity_bytes, "Chip", "mem_capacity_bytes")
@@ -55,6 +47,18 @@ class Chip(eqx.Module):
     def tensor_peak(self, dtype: str) -> jax.Array:
         """Matrix-unit peak for a compute dtype (see :func:`tensor_peak`)."""
         return tensor_peak(self.tensor_flops, dtype)
+
+
+def _per_dtype(values, owner: str, field: str, unit: str) -> dict[str, jax.Array]:
+    """A validated ``{compute dtype: positive value}`` table (peaks, MAC rates)."""
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"{owner}.{field} must be a non-empty dict {{dtype: {unit}}}")
+    table = {}
+    for dtype, value in values.items():
+        _checks.one_of(dtype, TENSOR_DTYPES, owner, f"{field} key")
+        table[dtype] = _checks.as_float(value, owner, f"{field}[{dtype!r}]")
+        _checks.positive(table[dtype], owner, f"{field}[{dtype!r}]")
+    return table
 
 
 def tensor_peak(tensor_flops: dict, dtype: str) -> jax.Array:
@@ -169,15 +173,7 @@ class SystolicChip(eqx.Module):
     def __init__(self, cores, lanes, array_rows, array_cols, macs_per_pe_cycle, vector_width,
                  vector_flops_per_lane_cycle, l1_bytes, l2_bytes, l2_bytes_per_cycle,
                  core_port_bytes_per_cycle, tensor_clock_hz, vector_clock_hz, memory: MemorySystem):
-        if not isinstance(macs_per_pe_cycle, dict) or not macs_per_pe_cycle:
-            raise ValueError("SystolicChip.macs_per_pe_cycle must be a non-empty dict {dtype: MACs per cycle}")
-        for dtype in macs_per_pe_cycle:
-            _checks.one_of(dtype, TENSOR_DTYPES, "SystolicChip", "macs_per_pe_cycle key")
-        self.macs_per_pe_cycle = {
-            k: _checks.as_float(v, "SystolicChip", f"macs_per_pe_cycle[{k!r}]") for k, v in macs_per_pe_cycle.items()
-        }
-        for k, v in self.macs_per_pe_cycle.items():
-            _checks.positive(v, "SystolicChip", f"macs_per_pe_cycle[{k!r}]")
+        self.macs_per_pe_cycle = _per_dtype(macs_per_pe_cycle, "SystolicChip", "macs_per_pe_cycle", "MACs per cycle")
         counts = dict(cores=cores, lanes=lanes, array_rows=array_rows, array_cols=array_cols,
                       vector_width=vector_width)
         sizes = dict(vector_flops_per_lane_cycle=vector_flops_per_lane_cycle, l1_bytes=l1_bytes,

@@ -34,20 +34,6 @@ def soft_max(values: Sequence, sharpness: float | None = None):
     return jnp.where(positive, scale * norm, 0.0)
 
 
-def soft_min(values: Sequence, sharpness: float | None = None):
-    """Elementwise minimum of positive arrays; ``(sum v^-p)^(-1/p)`` with p = ``sharpness`` if given.
-
-    The relaxed value lies in ``[n^(-1/p)·min, min]`` for ``n`` terms, so it never overstates
-    a time; like :func:`soft_max` it is scaled by the exact minimum to stay finite.
-    """
-    exact = functools.reduce(jnp.minimum, values)
-    if sharpness is None:
-        return exact
-    scale = jnp.where(exact > 0, exact, 1.0)
-    total = sum((scale / jnp.where(v > 0, v, scale)) ** sharpness for v in values)
-    return jnp.where(exact > 0, scale * total ** (-1.0 / sharpness), 0.0)
-
-
 def soft_max_bound(n_terms: int, sharpness: float) -> float:
     """Largest relative excess of :func:`soft_max` over the exact maximum."""
     return n_terms ** (1.0 / sharpness) - 1.0

@@ -92,7 +92,6 @@ class MatmulTime(NamedTuple):
     time: jax.Array
     tensor: jax.Array  # systolic-array busy time of the chosen tiling (all waves)
     memory: jax.Array  # DRAM transfer time of the chosen tiling
-    dram_bytes: jax.Array
 
 
 def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, count, lhs_bytes, rhs_bytes,
@@ -164,7 +163,7 @@ def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, cou
     def chosen(values):
         return jnp.where(busy, jnp.sum(weights * values, axis=-1), 0.0)
 
-    return MatmulTime(jnp.where(busy, best, 0.0), chosen(tensor_s), chosen(mem_s), chosen(dram))
+    return MatmulTime(jnp.where(busy, best, 0.0), chosen(tensor_s), chosen(mem_s))
 
 
 def vector_time(chip: SystolicChip, eff: Efficiency, *, flops, bytes_moved, rows, row_length, sharpness=None):
