@@ -161,3 +161,21 @@ def test_breakdown_reports_the_parts():
     assert pre.loc["ffn_up", "bound"] == "tensor"
     assert pre.loc["attention_prompt_softmax", "bound"] == "memory"
     assert pre.loc["attn_all_reduce", "comm_s"] > 0
+
+
+def test_fused_attention_does_the_unfused_matmuls_on_the_causal_share():
+    """A flash kernel runs the same two matmul shapes as the unfused path, but only on the
+    causal pairs: its array time is the unfused one scaled by pairs / (new x keys)."""
+    arch, system = jm.load_model("llama-3-8b"), jm.load_hardware("h100-sxm")
+    times = {}
+    for impl in ("flash", "unfused"):
+        wl = jm.Workload(batch=2, input_tokens=2048, output_tokens=2, tp=1, attention_impl=impl)
+        t = jm.breakdown(arch, wl, system, fidelity="systolic")
+        times[impl] = t[t.phase == "prefill"].set_index("op")["tensor_s"]
+    new = keys = 2048.0
+    causal_share = jm.ops.attention_pairs(new, 0.0, 0.0) / (new * keys)
+    unfused = times["unfused"]["attention_prompt_scores"] + times["unfused"]["attention_prompt_context"]
+    # Within 2%: with its tiles kept on chip the fused kernel may pick a different core tile
+    # (the unfused matmuls also weigh their DRAM and port traffic). A wrong causal share or
+    # value width is off by a factor of about 2.
+    assert times["flash"]["attention_prompt"] == pytest.approx(float(causal_share) * unfused, rel=0.02)

@@ -227,15 +227,17 @@ def _fused_attention(chip, eff, dtype, table, i, sharpness):
     m, keys, qk, count = table.m[i], table.n[i], table.k[i], table.matmuls[i]
     flops = table.flops[i]
     busy = flops > 0
-    # Head widths from the FLOPs: 2·pairs·(qk + v) with the causal pair count folded in.
-    rect = 2.0 * _safe(count * m * keys)
-    v_dim = jnp.maximum(flops / rect - qk, 0.0)
-    causal_fraction = jnp.where(busy, flops / (rect * _safe(qk + v_dim)), 0.0)
+    # The row holds FLOPs, not the value width or the causal share; both follow from its two
+    # FLOP columns: scores computed = softmax FLOPs / SOFTMAX_FLOPS, matmul FLOPs =
+    # 2·scores·(qk + v), and the share of the (queries x keys) rectangle actually computed.
+    scores = _safe(table.vector_flops[i] / ops.SOFTMAX_FLOPS)
+    v_dim = jnp.maximum(flops / (2.0 * scores) - qk, 0.0)
+    causal_fraction = jnp.where(busy, scores / _safe(count * m * keys), 0.0)
     # Tiles stay on chip, so only the core-side time of each matmul matters here.
     free = dict(lhs_bytes=0.0 * m, rhs_bytes=0.0 * m, out_bytes=0.0 * m, sharpness=sharpness)
-    scores = matmul_time(chip, eff, dtype, m=m, n=keys, k=qk, count=count, **free)
-    context = matmul_time(chip, eff, dtype, m=m, n=v_dim, k=keys, count=count, **free)
-    tensor_s = (scores.tensor + context.tensor) * causal_fraction
+    qk_matmul = matmul_time(chip, eff, dtype, m=m, n=keys, k=qk, count=count, **free)
+    pv_matmul = matmul_time(chip, eff, dtype, m=m, n=v_dim, k=keys, count=count, **free)
+    tensor_s = (qk_matmul.tensor + pv_matmul.tensor) * causal_fraction
     softmax_rows = count * m
     _, vector_s, _ = vector_time(chip, eff, flops=table.vector_flops[i], bytes_moved=0.0 * m, rows=softmax_rows,
                                  row_length=0.0 * m, sharpness=sharpness)
