@@ -145,7 +145,10 @@ def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, cou
     wave_n = jnp.clip(jnp.sqrt(active), 1.0, blocks_n)
     wave_m = jnp.clip(active / wave_n, 1.0, blocks_m)
     aspect = tn / tm
-    panel_m = cand(chip.l2_bytes / K) / (cand(e_a) + aspect * cand(e_b))
+    # Operands with no DRAM bytes (tiles kept on chip) need no panel; the guarded division
+    # keeps the gradient of the unused branch finite.
+    panel_bytes = cand(e_a) + aspect * cand(e_b)
+    panel_m = jnp.where(panel_bytes > 0, cand(chip.l2_bytes / K) / _safe(panel_bytes), M_)
     block_m = jnp.minimum(jnp.maximum(wave_m * tm, panel_m), M_)
     block_n = jnp.minimum(jnp.maximum(wave_n * tn, panel_m * aspect), N_)
     partials = (split - 1.0) * cand(out_all) * ACC_BYTES
