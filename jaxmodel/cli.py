@@ -3,6 +3,8 @@
     jaxmodel explore                  the main job: a million-point chip sweep (defaults built in)
     jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
                      --output-tokens 256 --tp 4 --json
+    jaxmodel chip --hardware spad-prefill --json
+                                      die area, cost, memory cost and TDP of one chip
     jaxmodel bench --json             pipeline throughput (points/s) and compile time
     jaxmodel list                     available models, hardware and calibrations
 
@@ -15,7 +17,7 @@ import argparse
 import json
 import sys
 
-from . import bench, explore, presets
+from . import area, bench, cost, explore, presets, status
 from .predict import breakdown, predict
 from .workload import ACTIVATION_DTYPES, ATTENTION_IMPLS, DTYPE_BYTES, LM_HEAD_TOKENS, Workload
 
@@ -96,8 +98,54 @@ def _print_summary(r: dict) -> None:
     ]
     if "chunked_step_s" in r:
         lines.insert(4, ("chunked step", f"{r['chunked_step_s'] * 1e3:.3f} ms"))
+    if "usd_per_mtok" in r:  # a microarchitecture-level chip is also priced
+        lines[-1:-1] = [
+            ("chip", f"{r['die_area_mm2']:.0f} mm² die, ${r['total_cost_usd']:.0f} (die + memory), "
+                     f"TDP {r['tdp_w']:.0f} W"),
+            ("energy per output token", f"{r['energy_per_token_j']:.3f} J ({r['tokens_per_j']:.2f} tokens/J)"),
+            ("cost per M tokens", f"${r['usd_per_mtok']:.4f} per request's output (prefill "
+                                  f"${r['prefill_usd_per_mtok']:.4f}/M prompt tokens, decode "
+                                  f"${r['decode_usd_per_mtok']:.4f}/M)"),
+        ]
     for name, value in lines:
         print(f"{name:>24}: {value}")
+
+
+def cmd_chip(args) -> int:
+    system = presets.load_hardware(args.hardware)
+    econ = cost.Economics(use_yield=args.with_yield, memory_usd_per_GiB=dict(args.memory_price or []))
+    metrics = {k: float(v) for k, v in cost.chip_metrics(system, econ).items()}
+    code = int(metrics.pop("chip_status"))
+    result = {"hardware": args.hardware, **metrics, "status": code, "status_text": status.describe(code),
+              "area_mm2": {k: float(v) for k, v in area.area_breakdown(system).items() if k != "total"}}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = [
+        ("FP16 tensor peak", f"{result['tensor_flops'] / 1e15:.3f} PFLOP/s"),
+        ("FP32 vector peak", f"{result['vector_flops'] / 1e12:.1f} TFLOP/s"),
+        ("memory", f"{result['mem_capacity_bytes'] / 2**30:.0f} GiB at {result['mem_bw_Bps'] / 1e9:.0f} GB/s"),
+        ("die area", f"{result['die_area_mm2']:.0f} mm²"),
+        ("dies per 300 mm wafer", f"{result['dies_per_wafer']:.1f}"),
+        ("die cost", f"${result['die_cost_usd']:.0f}"),
+        ("memory cost", f"${result['memory_cost_usd']:.0f}"),
+        ("hardware cost", f"${result['total_cost_usd']:.0f} per chip, ${result['machine_cost_usd']:,.0f} per machine"),
+        ("TDP", f"{result['tdp_w']:.0f} W"),
+        ("memory PHY edge", f"{result['memory_edge_mm']:.1f} mm of {result['memory_edge_available_mm']:.1f} mm"),
+        ("status", result["status_text"]),
+    ]
+    for name, value in rows:
+        print(f"{name:>22}: {value}")
+    print("area by component (mm²): " + ", ".join(f"{k} {v:.1f}" for k, v in result["area_mm2"].items()))
+    return 0
+
+
+def _price(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TECHNOLOGY=USD_PER_GIB such as hbm3=9 (got {text!r})") from None
 
 
 def cmd_bench(args) -> int:
@@ -155,11 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=d.resolution, help="values per bandwidth/compute axis")
     e.add_argument("--out", default=d.out_dir, help="output directory for the CSV and the plot")
 
+    c = sub.add_parser("chip", help="die area, cost, memory cost and TDP of a chip",
+                       epilog="example:\n  jaxmodel chip --hardware spad-prefill --json\n"
+                              "  jaxmodel chip --hardware h100-sxm --memory-price hbm3=12",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--hardware", required=True, help="a preset with a microarchitecture (h100-sxm, a100-sxm-80gb, "
+                                                     "spad-prefill, spad-decode)")
+    c.add_argument("--memory-price", type=_price, action="append", metavar="TECH=USD",
+                   help="memory price in USD per GiB, e.g. hbm3=12 (repeatable)")
+    c.add_argument("--with-yield", action="store_true", help="apply a negative-binomial die yield (SPAD does not)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("list", help="available presets")
     return parser
 
 
-COMMANDS = {"predict": cmd_predict, "bench": cmd_bench, "explore": cmd_explore, "list": cmd_list}
+COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore, "list": cmd_list}
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
-from . import _checks
+from . import _checks, memory_tech
+from .area import Die
+from .cost import Economics
 
 #: Compute dtypes a chip may declare a tensor peak for. 16-bit floats share one peak.
 TENSOR_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
@@ -90,7 +92,7 @@ def tensor_peak(tensor_flops: dict, dtype: str) -> jax.Array:
 
 
 #: Device-memory technologies a :class:`MemorySystem` may name.
-MEMORY_TECHNOLOGIES = ("hbm2e", "hbm3", "hbm3e", "gddr6", "gddr7", "lpddr5x", "ddr5")
+MEMORY_TECHNOLOGIES = memory_tech.NAMES
 
 
 class MemorySystem(eqx.Module):
@@ -153,6 +155,7 @@ class SystolicChip(eqx.Module):
         tensor_clock_hz: clock of the systolic arrays.
         vector_clock_hz: clock of the vector units, L1 and L2 ports.
         memory: the device memory.
+        die: process node, white-space overhead and fused-off spares (area and cost only).
     """
 
     cores: jax.Array
@@ -169,10 +172,12 @@ class SystolicChip(eqx.Module):
     tensor_clock_hz: jax.Array
     vector_clock_hz: jax.Array
     memory: MemorySystem
+    die: Die
 
     def __init__(self, cores, lanes, array_rows, array_cols, macs_per_pe_cycle, vector_width,
                  vector_flops_per_lane_cycle, l1_bytes, l2_bytes, l2_bytes_per_cycle,
-                 core_port_bytes_per_cycle, tensor_clock_hz, vector_clock_hz, memory: MemorySystem):
+                 core_port_bytes_per_cycle, tensor_clock_hz, vector_clock_hz, memory: MemorySystem,
+                 die: Die | None = None):
         self.macs_per_pe_cycle = _per_dtype(macs_per_pe_cycle, "SystolicChip", "macs_per_pe_cycle", "MACs per cycle")
         counts = dict(cores=cores, lanes=lanes, array_rows=array_rows, array_cols=array_cols,
                       vector_width=vector_width)
@@ -188,6 +193,9 @@ class SystolicChip(eqx.Module):
         if not isinstance(memory, MemorySystem):
             raise ValueError("SystolicChip.memory must be a MemorySystem")
         self.memory = memory
+        if die is not None and not isinstance(die, Die):
+            raise ValueError("SystolicChip.die must be a Die")
+        self.die = Die() if die is None else die
 
     # ---- derived datasheet figures -------------------------------------------------------
     @property
@@ -266,15 +274,20 @@ class System(eqx.Module):
         devices_per_node: size of the scale-up domain.
         scale_up: network inside the domain.
         scale_out: network between domains.
+        economics: prices and power assumptions for cost, TDP and energy (see
+            :class:`jaxmodel.cost.Economics`); used only with a :class:`SystolicChip`.
     """
 
     chip: Chip | SystolicChip
     devices_per_node: jax.Array
     scale_up: Interconnect
     scale_out: Interconnect
+    economics: Economics
 
-    def __init__(self, chip: Chip | SystolicChip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect):
+    def __init__(self, chip: Chip | SystolicChip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect,
+                 economics: Economics | None = None):
         self.chip = chip
+        self.economics = Economics() if economics is None else economics
         self.devices_per_node = _checks.as_float(devices_per_node, "System", "devices_per_node")
         _checks.positive(self.devices_per_node, "System", "devices_per_node", integer=True)
         self.scale_up = scale_up
@@ -285,4 +298,4 @@ class System(eqx.Module):
         that sweeps can vary bandwidth or peak FLOP/s directly at the roofline level."""
         if isinstance(self.chip, Chip):
             return self
-        return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out)
+        return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out, self.economics)

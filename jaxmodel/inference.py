@@ -14,6 +14,13 @@ Definitions (SI units; "batch" is the whole batch of ``wl.batch`` sequences):
                               batch · output_tokens / e2e_latency_s
     decode_throughput_tok_s   batch / tpot_s (GenZ's μ_thr)
 
+With a microarchitecture-level chip (:class:`~jaxmodel.hardware.SystolicChip`) the metrics
+also price the point (:mod:`jaxmodel.cost`): die_area_mm2, total_cost_usd (one chip),
+tdp_w, prefill_energy_j and decode_step_energy_j (all devices, wall energy),
+energy_per_token_j and tokens_per_j (per generated token over the whole request), and
+prefill_usd_per_mtok (per million prompt tokens), decode_usd_per_mtok and usd_per_mtok
+(per million generated tokens: decode alone, and the whole request).
+
 Pipeline parallelism runs ``m = min(pp, batch)`` micro-batches of ``batch / m`` sequences.
 A prefill takes one pass through all stages plus ``m - 1`` further stage times; in decode
 the pipeline cycles through its micro-batches, so a step of the whole batch takes the
@@ -27,10 +34,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import memory, ops, status
+from . import cost, memory, ops, status
 from .architectures import Architecture
 from .efficiency import Efficiency
-from .hardware import System
+from .hardware import System, SystolicChip
 from .perf import roofline, systolic
 from .perf.roofline import RowTimes
 from .workload import Workload
@@ -159,7 +166,7 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
     :class:`~jaxmodel.hardware.SystolicChip`).
     """
     prefill_s, pre = prefill(arch, wl, system, eff, sharpness, fidelity)
-    decode_s, _ = decode(arch, wl, system, eff, sharpness, fidelity)
+    decode_s, dec = decode(arch, wl, system, eff, sharpness, fidelity)
     e2e = prefill_s + (wl.output_tokens - 1.0) * decode_s
     out = {
         "prefill_s": prefill_s,
@@ -176,4 +183,38 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
         out["chunked_step_s"], _ = chunked(arch, wl, system, eff, sharpness, fidelity)
     out.update(memory_metrics(arch, wl, system, pre))
     out["status"] = status_code(arch, wl, out["fits"])
+    if isinstance(system.chip, SystolicChip):
+        priced = economics_metrics(wl, system, pre, dec, prefill_s, decode_s)
+        out["status"] = out["status"] | priced.pop("chip_status")
+        out.update(priced)
     return out
+
+
+def economics_metrics(wl: Workload, system: System, pre: StepResult, dec: StepResult, prefill_s, decode_s):
+    """Area, cost, TDP, energy and cost per token of a point (see the module docstring)."""
+    econ = system.economics
+    chip = cost.chip_metrics(system, econ)
+    die_area = chip["die_area_mm2"]
+    m = micro_batches(wl)
+    prefill_j = cost.step_energy_j(pre, prefill_s, m, wl, system, econ, die_area)
+    decode_j = cost.step_energy_j(dec, decode_s, m, wl, system, econ, die_area)
+    generated = wl.batch * wl.output_tokens
+    request_s = prefill_s + (wl.output_tokens - 1.0) * decode_s
+    request_j = prefill_j + (wl.output_tokens - 1.0) * decode_j
+
+    def usd(seconds, joules):
+        return cost.work_cost_usd(seconds, joules, wl.devices, econ, chip["total_cost_usd"])
+
+    return {
+        "die_area_mm2": die_area,
+        "total_cost_usd": chip["total_cost_usd"],
+        "tdp_w": chip["tdp_w"],
+        "prefill_energy_j": prefill_j,
+        "decode_step_energy_j": decode_j,
+        "energy_per_token_j": request_j / generated,
+        "tokens_per_j": generated / request_j,
+        "prefill_usd_per_mtok": 1e6 * usd(prefill_s, prefill_j) / (wl.batch * wl.input_tokens),
+        "decode_usd_per_mtok": 1e6 * usd(decode_s, decode_j) / wl.batch,
+        "usd_per_mtok": 1e6 * usd(request_s, request_j) / generated,
+        "chip_status": chip["chip_status"],
+    }

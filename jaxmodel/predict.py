@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pandas as pd
 
-from . import inference, ops, status
+from . import area, cost, inference, ops, status
 from .architectures import Architecture
 from .efficiency import Efficiency, ideal
-from .hardware import System
+from .hardware import System, SystolicChip
 from .workload import Workload
 
 #: Times each jitted entry point has been traced (a retrace means a recompilation).
@@ -79,7 +79,10 @@ def _breakdown(arch, wl, system, eff, sharpness, fidelity):
     TRACE_COUNTS["breakdown"] += 1
     _, pre = inference.prefill(arch, wl, system, eff, sharpness, fidelity)
     _, dec = inference.decode(arch, wl, system, eff, sharpness, fidelity)
-    return pre, dec
+    if not isinstance(system.chip, SystolicChip):
+        return (pre, None), (dec, None)
+    die_area = area.die_area_mm2(system)
+    return tuple((r, cost.row_energies_j(r, system, system.economics, die_area)) for r in (pre, dec))
 
 
 _breakdown_jit = eqx.filter_jit(_breakdown)
@@ -94,14 +97,16 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
     ``kv_bytes``, ``comm_bytes``, ``group_size``, ``time_s`` (one execution), ``total_s``
     (times ``repeat``), the parts of one execution ``tensor_s``, ``vector_s``, ``memory_s``
     and ``comm_s`` (they overlap, so ``time_s`` is not their sum), and ``bound``
-    (``tensor``, ``vector``, ``memory`` or ``network``).
+    (``tensor``, ``vector``, ``memory`` or ``network``). With a microarchitecture-level
+    chip also ``energy_j`` (one execution on one device, GenZ eq. 2, wall energy) and
+    ``total_energy_j`` (times ``repeat``).
     """
     eff = ideal() if efficiency is None else efficiency
     _require_single_point(arch, wl, system, eff)
     check_parallelism(arch, wl)
     results = jax.device_get(_breakdown_jit(arch, wl, system, eff, sharpness, fidelity))
     frames = []
-    for phase, r in zip(("prefill", "decode"), results):
+    for phase, (r, energies) in zip(("prefill", "decode"), results):
         t = r.table
         cols = {
             "phase": phase,
@@ -122,5 +127,8 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
         cols["comm_s"] = np.where(collective, cols["time_s"], 0.0)
         bound = np.array(["tensor", "vector", "memory"], dtype=object)[np.argmax(terms, axis=0)]
         cols["bound"] = np.where(collective, "network", bound)
+        if energies is not None:
+            cols["energy_j"] = np.asarray(energies, dtype=float)
+            cols["total_energy_j"] = cols["energy_j"] * cols["repeat"]
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)

@@ -9,12 +9,16 @@ DOES_NOT_FIT = 1  # weights + KV cache + activations exceed usable device memory
 INVALID_TP = 2  # TP degree does not divide the attention heads (or KV heads)
 INVALID_EP = 4  # EP degree does not divide the routed experts, or EP > 1 on a dense model
 INVALID_PP = 8  # more pipeline stages than layers
+OVER_BEACHFRONT = 16  # the memory PHYs need more die edge than the die offers
+OVER_RETICLE = 32  # the die is larger than a lithography reticle (858 mm²)
 
 _NAMES = {
     DOES_NOT_FIT: "does_not_fit",
     INVALID_TP: "invalid_tp",
     INVALID_EP: "invalid_ep",
     INVALID_PP: "invalid_pp",
+    OVER_BEACHFRONT: "over_beachfront",
+    OVER_RETICLE: "over_reticle",
 }
 INVALID = INVALID_TP | INVALID_EP | INVALID_PP
 

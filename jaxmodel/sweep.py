@@ -33,7 +33,7 @@ import pandas as pd
 from . import inference
 from .architectures import Architecture
 from .efficiency import Efficiency, ideal
-from .hardware import System
+from .hardware import System, SystolicChip
 from .workload import Workload
 
 DEFAULT_CHUNK = 1 << 16
@@ -91,20 +91,28 @@ def _evaluate(point: DesignPoint, metrics, sharpness, chunked_step, fidelity="ro
 
 
 @functools.lru_cache(maxsize=None)
-def metric_names(chunked_step: bool = False) -> tuple[str, ...]:
-    """Metrics a sweep returns by default."""
+def metric_names(chunked_step: bool = False, priced: bool = False) -> tuple[str, ...]:
+    """Metrics a sweep returns by default (``priced``: also area, cost, power and energy,
+    which need a microarchitecture-level chip)."""
     base = DesignPoint(
         Architecture(d_model=64, n_layers=1, vocab_size=64, n_heads=1, d_ff=64),
-        Workload(), _tiny_system(), ideal(),
+        Workload(), _tiny_system(priced), ideal(),
     )
     shapes = jax.eval_shape(lambda p: inference.evaluate(*p, None, chunked_step), base)
     return tuple(shapes)
 
 
-def _tiny_system() -> System:
-    from .hardware import Chip, Interconnect
+def _default_metrics(system: System, chunked_step: bool) -> tuple[str, ...]:
+    return metric_names(chunked_step, isinstance(system.chip, SystolicChip))
 
-    return System(Chip({"bf16": 1.0}, 1.0, 1.0, 1.0), 1, Interconnect(1.0, 0.0), Interconnect(1.0, 0.0))
+
+def _tiny_system(priced: bool = False) -> System:
+    from .hardware import Chip, Interconnect, MemorySystem
+
+    chip = Chip({"bf16": 1.0}, 1.0, 1.0, 1.0)
+    if priced:
+        chip = SystolicChip(1, 1, 1, 1, {"bf16": 1.0}, 1, 1, 1, 1, 1, 1, 1, 1, MemorySystem("hbm3", 1, 1, 1, 1))
+    return System(chip, 1, Interconnect(1.0, 0.0), Interconnect(1.0, 0.0))
 
 
 @functools.partial(jax.jit, static_argnames=("paths", "shape", "chunk", "metrics", "sharpness", "chunked_step",
@@ -174,7 +182,7 @@ def grid_sweep(
     if not axes:
         axes = (jnp.zeros(1),)
     total = math.prod(shape)
-    metrics = tuple(metrics or metric_names(chunked_step))
+    metrics = tuple(metrics or _default_metrics(system, chunked_step))
     chunk = int(min(chunk_size, max(total, 1)))
     kwargs = dict(paths=paths, shape=shape, chunk=chunk, metrics=metrics, sharpness=sharpness,
                   chunked_step=chunked_step, fidelity=fidelity)
@@ -246,7 +254,7 @@ def evaluate_points(
         raise ValueError(f"batched leaves must be 1-D and share one length (found lengths {sorted(sizes)})")
     n = sizes.pop() if sizes else 1
     point = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), point)
-    metrics = tuple(metrics or metric_names(chunked_step))
+    metrics = tuple(metrics or _default_metrics(system, chunked_step))
     chunk = int(min(chunk_size, n))
     columns = {m: [] for m in metrics}
     for start in range(0, n, chunk):

@@ -32,14 +32,15 @@ def test_hardware_gradients_match_finite_differences(tp):
         jacobian = jax.jit(jax.jacrev(f))(leaves)  # one row per metric, one column per leaf
         values = np.asarray(f(leaves))
         for i, x in enumerate(leaves):
-            h = 1e-6 * abs(float(x))
+            size = abs(float(x)) or 1.0  # zero-valued leaves (e.g. 'use the default' prices)
+            h = 1e-6 * size
             up = list(leaves); up[i] = x + h
             down = list(leaves); down[i] = x - h
             fd = (np.asarray(f(up)) - np.asarray(f(down))) / (2 * h)
             for j, name in enumerate(METRICS):
                 g = float(jacobian[i][j])
                 assert np.isfinite(g), (name, paths[i])
-                scale = max(abs(g), abs(fd[j]), 1e-12 * abs(values[j]) / abs(float(x)))
+                scale = max(abs(g), abs(fd[j]), 1e-12 * abs(values[j]) / size)
                 assert abs(g - fd[j]) <= 1e-4 * scale, (name, paths[i], g, fd[j])
 
 

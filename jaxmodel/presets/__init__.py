@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..architectures import Architecture, architecture_from_dict
 from ..efficiency import Efficiency, ideal
+from ..area import Die
 from ..hardware import Chip, Interconnect, MemorySystem, SystolicChip, System
 from ..hf_config import load_hf_config
 
@@ -68,11 +69,12 @@ def chip_from_dict(spec: dict) -> Chip | SystolicChip:
         return Chip(**spec)
     fields = dict(spec)
     memory = fields.pop("memory", None)
+    die = fields.pop("die", {})
     if not isinstance(memory, dict):
         raise ValueError("a microarchitecture chip spec needs a 'memory' object (technology, bus_width_bits, "
                          "pin_rate_bps, packages, capacity_per_package_bytes)")
     try:
-        return SystolicChip(memory=MemorySystem(**memory), **fields)
+        return SystolicChip(memory=MemorySystem(**memory), die=Die(**die), **fields)
     except TypeError as exc:
         raise ValueError(f"bad microarchitecture chip spec: {exc}") from exc
 
