@@ -19,7 +19,8 @@ also price the point (:mod:`jaxmodel.cost`): die_area_mm2, total_cost_usd (one c
 tdp_w, prefill_energy_j and decode_step_energy_j (all devices, wall energy),
 energy_per_token_j and tokens_per_j (per generated token over the whole request), and
 prefill_usd_per_mtok (per million prompt tokens), decode_usd_per_mtok and usd_per_mtok
-(per million generated tokens: decode alone, and the whole request).
+(per million generated tokens: decode alone, and the whole request), and
+hardware_usd_per_tok_s (hardware cost of all devices per generated token/s of throughput).
 
 Pipeline parallelism runs ``m = min(pp, batch)`` micro-batches of ``batch / m`` sequences.
 A prefill takes one pass through all stages plus ``m - 1`` further stage times; in decode
@@ -216,5 +217,6 @@ def economics_metrics(wl: Workload, system: System, pre: StepResult, dec: StepRe
         "prefill_usd_per_mtok": 1e6 * usd(prefill_s, prefill_j) / (wl.batch * wl.input_tokens),
         "decode_usd_per_mtok": 1e6 * usd(decode_s, decode_j) / wl.batch,
         "usd_per_mtok": 1e6 * usd(request_s, request_j) / generated,
+        "hardware_usd_per_tok_s": wl.devices * chip["total_cost_usd"] * request_s / generated,
         "chip_status": chip["chip_status"],
     }

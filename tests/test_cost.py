@@ -226,3 +226,11 @@ def test_breakdown_energy_per_operator_adds_up(systems):
         assert rows["total_s"].sum() == pytest.approx(out[step], rel=1e-5)
         # Two devices, each running every row: per-device row energies times the devices.
         assert 2 * rows["total_energy_j"].sum() == pytest.approx(out[energy], rel=1e-4)
+
+
+def test_hardware_cost_per_throughput(systems):
+    arch = jm.load_model("llama-3-8b")
+    wl = jm.Workload(batch=4, input_tokens=512, output_tokens=64, tp=2)
+    out = jm.predict(arch, wl, systems["spad-decode"], fidelity="systolic")
+    assert out["hardware_usd_per_tok_s"] == pytest.approx(2 * out["total_cost_usd"] / out["throughput_tok_s"],
+                                                          rel=1e-5)
