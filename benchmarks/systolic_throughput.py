@@ -1,7 +1,8 @@
 """Throughput of the systolic fidelity level: full BLOOM-176B design points per second.
 
 Each point is a complete ``evaluate`` (prefill + decode at microarchitecture level, memory,
-status) of BLOOM-176B FP16 at TP 8 on an H100-derived chip; the grid varies cores, array
+and, since the chip is described at that level, die area, cost, TDP and energy) with its
+status of BLOOM-176B FP16 at TP 8 on an H100-derived chip; the grid varies cores, array
 rows and columns, L1, memory pin rate, batch and prompt length. Figures are measured in one
 run on this machine; compile time is reported separately.
 
@@ -35,7 +36,7 @@ def grid(points: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1 << 21)
-    parser.add_argument("--chunk-size", type=int, default=1 << 15)
+    parser.add_argument("--chunk-size", type=int, default=1 << 11)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     arch = jm.load_model("bloom-176b")
