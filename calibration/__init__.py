@@ -1,0 +1,1 @@
+"""Calibration: measured GPU and serving data, loaded into tidy tables (see :mod:`calibration.schema`)."""

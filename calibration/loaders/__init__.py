@@ -1,0 +1,1 @@
+"""Loaders of measured data into the tidy tables of :mod:`calibration.schema`."""
