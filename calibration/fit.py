@@ -90,6 +90,9 @@ def least_squares(predict: Callable, params0: Mapping[str, float], rows: Mapping
 
         theta = np.log(start)
         jtj, jtr, ssr = accumulate(theta)
+        if not (np.isfinite(ssr) and np.all(np.isfinite(jtj)) and np.all(np.isfinite(jtr))):
+            raise ValueError("least_squares: the model gives non-finite or non-positive times (or gradients) at the "
+                             f"starting parameters {dict(params0)}")
         damping, converged, iterations = 1e-3, False, 0
         while iterations < max_iterations:
             iterations += 1
@@ -97,7 +100,10 @@ def least_squares(predict: Callable, params0: Mapping[str, float], rows: Mapping
             step = np.linalg.solve(jtj + damping * np.diag(scale), -jtr)
             trial = theta + step
             trial_jtj, trial_jtr, trial_ssr = accumulate(trial)
-            if np.isfinite(trial_ssr) and trial_ssr <= ssr:
+            # A step is taken only where the model and its Jacobian stay finite (an overflowing
+            # trial, e.g. a huge soft-max exponent, is treated as a failed step).
+            finite = np.isfinite(trial_ssr) and np.all(np.isfinite(trial_jtj)) and np.all(np.isfinite(trial_jtr))
+            if finite and trial_ssr <= ssr:
                 decrease = (ssr - trial_ssr) / max(ssr, 1e-300)
                 theta, jtj, jtr, ssr = trial, trial_jtj, trial_jtr, trial_ssr
                 damping = max(damping / 3.0, 1e-12)

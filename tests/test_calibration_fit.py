@@ -70,3 +70,13 @@ def test_bad_inputs_are_errors(params, measured, message):
     values = np.zeros_like(good) if measured == "zero" else good
     with pytest.raises(ValueError, match=message):
         fit.least_squares(kernel_time, params, rows, values)
+
+
+def test_a_model_that_is_not_finite_at_the_start_is_an_error():
+    rows, measured = synthetic(n=10)
+
+    def broken(params, rows):
+        return kernel_time(params, rows) * (rows["flops"] - rows["flops"])  # zero times: log is -inf
+
+    with pytest.raises(ValueError, match="non-finite"):
+        fit.least_squares(broken, TRUE, rows, measured)
