@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 import jaxmodel as jm
+from calibration.loaders import SHARED_DATA
 from jaxmodel.architectures import ACTIVATION_FLOPS, NORM_FLOPS
 from jaxmodel.ops import SOFTMAX_FLOPS
 from jaxmodel.perf.systolic import matmul_time, vector_time
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmcompass" / "real_hardware"
+DATA_DIR = SHARED_DATA / "llmcompass" / "real_hardware"
 
 # Per-kernel launch overheads (seconds) that LLMCompass adds to its A100 predictions:
 # overhead_dict["A100"] in LLMCompass (Zhang et al., "LLMCompass", ISCA 2024).

@@ -4,17 +4,15 @@ Every expected value is recomputed here from the raw file with pandas, using the
 conversion the dataset README states, so a loader unit or mapping slip fails loudly.
 """
 
-import pathlib
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from calibration import schema
 from calibration.loaders import aiconfigurator as aic
-from calibration.loaders import llmcompass
+from calibration.loaders import SHARED_DATA, llmcompass
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 AIC = DATA / "aiconfigurator-ops"
 LLMC = DATA / "llmcompass"
 

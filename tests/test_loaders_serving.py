@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from calibration import schema
-from calibration.loaders import generic, inference_bench, vidur, vllm_json
+from calibration.loaders import SHARED_DATA, generic, inference_bench, vidur, vllm_json
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 VIDUR = DATA / "vidur-profiling"
 BENCH = DATA / "llm-inference-bench"
 

@@ -43,10 +43,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from calibration import schema
+from calibration.loaders import SHARED_DATA
 
 SOURCE = "aiconfigurator"
 #: The shared measured-data copy, ``<repo>/../shared/data/aiconfigurator-ops``.
-SHARED_ROOT = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "aiconfigurator-ops"
+SHARED_ROOT = SHARED_DATA / "aiconfigurator-ops"
 
 #: Table file name -> kernel-table ops it yields.
 TABLE_OPS = {

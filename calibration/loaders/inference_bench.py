@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from calibration import schema
+from calibration.loaders import SHARED_DATA
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "llm-inference-bench"
+DEFAULT_ROOT = SHARED_DATA / "llm-inference-bench"
 
 #: README: A100 = ALCF Polaris A100 SXM4 (most likely 40 GB), H100 = H100 80GB HBM3 (SXM5).
 GPUS = {"Nvidia A100 GPU": "a100_sxm", "Nvidia H100 GPU": "h100_sxm"}

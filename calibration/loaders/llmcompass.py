@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from calibration import schema
+from calibration.loaders import SHARED_DATA
 
 SOURCE = "llmcompass"
 #: The shared measured-data copy, ``<repo>/../shared/data/llmcompass``.
-SHARED_ROOT = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "llmcompass"
+SHARED_ROOT = SHARED_DATA / "llmcompass"
 GPU_NAMES = {"a100": "a100_sxm", "mi210": "mi210"}
 _FILE_GPU = {"a100": "A100", "mi210": "MI210"}
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from calibration import schema
+from calibration.loaders import SHARED_DATA
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vidur-profiling"
+DEFAULT_ROOT = SHARED_DATA / "vidur-profiling"
 
 #: Per-layer dimensions (n_embd, n_head, n_kv_head, n_expanded_embd, gated MLP, norm op, activation op),
 #: from the model-shape columns documented in the README (cross-checked with each model's Hugging Face
