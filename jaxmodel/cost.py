@@ -27,7 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from . import _checks, area, memory_tech, ops
+from . import _checks, area, memory_tech, ops, status
 
 if TYPE_CHECKING:
     from .hardware import System
@@ -168,8 +168,6 @@ def tdp_w(die_area_mm2, system: System, econ: Economics):
 
 def chip_metrics(system: System, econ: Economics | None = None) -> dict[str, jax.Array]:
     """Peaks, die area, cost and TDP of one chip (``jaxmodel chip``), plus status bits."""
-    from . import status
-
     econ = Economics() if econ is None else econ
     chip = system.chip
     die_area = area.die_area_mm2(system)

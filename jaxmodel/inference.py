@@ -185,14 +185,16 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
     out.update(memory_metrics(arch, wl, system, pre))
     out["status"] = status_code(arch, wl, out["fits"])
     if isinstance(system.chip, SystolicChip):
-        priced = economics_metrics(wl, system, pre, dec, prefill_s, decode_s)
+        priced = economics_metrics(wl, system, pre, dec, prefill_s, decode_s, e2e)
         out["status"] = out["status"] | priced.pop("chip_status")
         out.update(priced)
     return out
 
 
-def economics_metrics(wl: Workload, system: System, pre: StepResult, dec: StepResult, prefill_s, decode_s):
-    """Area, cost, TDP, energy and cost per token of a point (see the module docstring)."""
+def economics_metrics(wl: Workload, system: System, pre: StepResult, dec: StepResult, prefill_s, decode_s,
+                      request_s):
+    """Area, cost, TDP, energy and cost per token of a point (see the module docstring);
+    ``request_s`` is the whole request, prefill plus every decode step."""
     econ = system.economics
     chip = cost.chip_metrics(system, econ)
     die_area = chip["die_area_mm2"]
@@ -200,7 +202,6 @@ def economics_metrics(wl: Workload, system: System, pre: StepResult, dec: StepRe
     prefill_j = cost.step_energy_j(pre, prefill_s, m, wl, system, econ, die_area)
     decode_j = cost.step_energy_j(dec, decode_s, m, wl, system, econ, die_area)
     generated = wl.batch * wl.output_tokens
-    request_s = prefill_s + (wl.output_tokens - 1.0) * decode_s
     request_j = prefill_j + (wl.output_tokens - 1.0) * decode_j
 
     def usd(seconds, joules):

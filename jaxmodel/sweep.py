@@ -33,7 +33,7 @@ import pandas as pd
 from . import inference
 from .architectures import Architecture
 from .efficiency import Efficiency, ideal
-from .hardware import System, SystolicChip
+from .hardware import Chip, Interconnect, MemorySystem, System, SystolicChip
 from .workload import Workload
 
 DEFAULT_CHUNK = 1 << 16
@@ -107,8 +107,6 @@ def _default_metrics(system: System, chunked_step: bool) -> tuple[str, ...]:
 
 
 def _tiny_system(priced: bool = False) -> System:
-    from .hardware import Chip, Interconnect, MemorySystem
-
     chip = Chip({"bf16": 1.0}, 1.0, 1.0, 1.0)
     if priced:
         chip = SystolicChip(1, 1, 1, 1, {"bf16": 1.0}, 1, 1, 1, 1, 1, 1, 1, 1, MemorySystem("hbm3", 1, 1, 1, 1))
