@@ -205,9 +205,10 @@ def _component_powers(system: System, econ: Economics, die_area_mm2):
     return static, compute, memory_power_w(system), network
 
 
-def _row_dynamic_j(result: StepResult, system: System, econ: Economics, die_area_mm2) -> list:
-    """Load-dependent energy at the chip of one execution of each row on one device."""
-    _, compute, memory_power, network = _component_powers(system, econ, die_area_mm2)
+def _row_dynamic_j(result: StepResult, powers) -> list:
+    """Load-dependent energy at the chip of one execution of each row on one device, given
+    the :func:`_component_powers`."""
+    _, compute, memory_power, network = powers
     times, energies = result.row_times, []
     for i, row in enumerate(result.table.rows):
         t = times.time[i]
@@ -221,8 +222,9 @@ def _row_dynamic_j(result: StepResult, system: System, econ: Economics, die_area
 
 def row_energies_j(result: StepResult, system: System, econ: Economics, die_area_mm2) -> list:
     """GenZ eq. 2 per operator: wall energy of one execution of each row on one device."""
-    static = _component_powers(system, econ, die_area_mm2)[0]
-    dynamic = _row_dynamic_j(result, system, econ, die_area_mm2)
+    powers = _component_powers(system, econ, die_area_mm2)
+    static = powers[0]
+    dynamic = _row_dynamic_j(result, powers)
     return [(static * t + e) / econ.vrm_efficiency for t, e in zip(result.row_times.time, dynamic)]
 
 
@@ -231,8 +233,9 @@ def step_energy_j(result: StepResult, step_s, micro_batches, wl: Workload, syste
     """Wall energy of a whole step on all devices: every micro-batch's dynamic energy on the
     devices of each stage (the table holds one micro-batch through every layer), and static
     power on every device for the step's duration."""
-    static = _component_powers(system, econ, die_area_mm2)[0]
-    dynamic = sum(e * r for e, r in zip(_row_dynamic_j(result, system, econ, die_area_mm2), result.table.repeat))
+    powers = _component_powers(system, econ, die_area_mm2)
+    static = powers[0]
+    dynamic = sum(e * r for e, r in zip(_row_dynamic_j(result, powers), result.table.repeat))
     devices_per_stage = wl.devices / wl.pp
     return (devices_per_stage * micro_batches * dynamic + wl.devices * static * step_s) / econ.vrm_efficiency
 
