@@ -84,6 +84,8 @@ class OpTable(eqx.Module):
         m, n, k: matmul shape (per matmul); for a vector row, m rows reduced over n
             elements each (n = 0: elementwise).
         matmuls: independent matmuls in the row (KV heads x sequences, experts touched).
+        sequences: of an attention row, the sequences it serves (attention kernels split
+            work per sequence and per KV head differently); 0 elsewhere.
         lhs_bytes, rhs_bytes, out_bytes: of a matmul or attention row, the bytes of its left
             operand (activations, queries), right operand (weights, keys/values) and result,
             each counted once; the rest of the row's bytes (cache writes) are extra traffic.
@@ -103,6 +105,7 @@ class OpTable(eqx.Module):
     n: tuple[jax.Array, ...]
     k: tuple[jax.Array, ...]
     matmuls: tuple[jax.Array, ...]
+    sequences: tuple[jax.Array, ...]
     comm_bytes: tuple[jax.Array, ...]
     group_size: tuple[jax.Array, ...]
     group_stride: tuple[jax.Array, ...]
@@ -184,7 +187,7 @@ class _Rows:
 
     _FIELDS = (
         "repeat", "flops", "vector_flops", "weight_bytes", "act_bytes", "kv_bytes",
-        "m", "n", "k", "matmuls", "comm_bytes", "group_size", "group_stride",
+        "m", "n", "k", "matmuls", "sequences", "comm_bytes", "group_size", "group_stride",
         "lhs_bytes", "rhs_bytes", "out_bytes",
     )
 
@@ -346,7 +349,7 @@ def _attention_core(rows, wl, name, *, repeat, seqs, new, past, window, heads, k
     v_read = seqs * keys * kv_heads * v_dim * kv_elem_bytes
     kv_write = seqs * kv_write_elements * wl.kv_bytes
     score_elems = heads * pairs
-    shape = dict(m=q_rows, matmuls=seqs * kv_heads)
+    shape = dict(m=q_rows, matmuls=seqs * kv_heads, sequences=seqs)
     if wl.attention_impl == "flash":
         rows.add(
             RowInfo(name, ATTENTION, LAYER, "attention"),

@@ -11,7 +11,9 @@ For a group of n devices and a payload of S bytes (ring algorithms):
 t0 is the level's fixed start-up latency, α its per-step latency and BW its per-direction
 bandwidth per device. A group whose members all sit inside one scale-up domain uses the
 scale-up level; otherwise the ring crosses the scale-out network and is limited by it.
-A group of one device costs nothing.
+A group of one device costs nothing. An efficiency carrying a fitted collective model
+(:mod:`jaxmodel.kernels.collectives`, measured on NVLink) times the groups inside one
+scale-up domain with that model, from the scale-up level's bandwidth and latencies.
 """
 
 from __future__ import annotations
@@ -43,4 +45,10 @@ def collective_time(kind: str, payload, size, stride, system: System, eff: Effic
     steps = a * (size - 1.0) + b
     fraction = c * (size - 1.0) / size + d
     time = startup + steps * alpha + fraction * payload / bandwidth
+    if eff.collectives is not None:
+        # The fitted model was measured inside one NVLink domain; a group crossing the scale-out
+        # network keeps the alpha-beta time above (with its flat efficiency).
+        measured = eff.collectives.time_s(kind, payload, size, up.bandwidth_Bps, up.link_latency_s,
+                                          up.collective_latency_s)
+        time = jnp.where(inside, measured, time)
     return jnp.where(size > 1.0, time, 0.0)

@@ -7,6 +7,10 @@ A compute row takes the longest of its three resources, assumed to overlap perfe
             bytes / (BW_mem·eff_memory))  + kernel overhead
 
 and a collective row takes its alpha-beta time (:mod:`jaxmodel.perf.comm`).
+
+When the efficiency carries fitted kernel models (:mod:`jaxmodel.kernels`), matmul rows are
+timed by its GEMM model and fused-attention rows by its attention model, from their shapes;
+the roofline terms are still reported beside them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax.numpy as jnp
 
 from .. import ops
 from ..efficiency import Efficiency
-from ..hardware import System
+from ..hardware import System, SystolicChip
 from ..smooth import soft_max
 from .comm import collective_time
 
@@ -41,6 +45,7 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
     per_byte = 1.0 / (chip.mem_bw_Bps * eff.memory)
     time, tensor, vector, memory = [], [], [], []
     zero = jnp.zeros_like(per_byte)
+    cores = kernel_model_cores(system, eff)
     for i, row in enumerate(table.rows):
         if row.kind == ops.COLLECTIVE:
             t = collective_time(row.collective, table.comm_bytes[i], table.group_size[i],
@@ -50,7 +55,44 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
             continue
         terms = (table.flops[i] * per_tensor_flop, table.vector_flops[i] * per_vector_flop,
                  table.total_bytes(i) * per_byte)
-        busy = (table.flops[i] + table.vector_flops[i] + table.total_bytes(i)) > 0
-        time.append(soft_max(terms, sharpness) + jnp.where(busy, eff.kernel_overhead_s, 0.0))
+        model = _kernel_model(row, eff)
+        if model is not None:
+            # A row with no work (e.g. the prompt group of a decode step) costs nothing; it is
+            # given a unit shape so the model (and its gradient) stays finite there.
+            busy = table.flops[i] > 0
+            shape = [jnp.where(busy, x, 1.0) for x in (table.m[i], table.n[i], table.k[i], table.matmuls[i],
+                                                       table.flops[i], table.total_bytes(i), table.sequences[i])]
+            t = model(*shape[:-1], chip.tensor_peak(compute_dtype), chip.mem_bw_Bps, cores, sequences=shape[-1])
+            time.append(jnp.where(busy, t, 0.0))
+        else:
+            busy = (table.flops[i] + table.vector_flops[i] + table.total_bytes(i)) > 0
+            time.append(soft_max(terms, sharpness) + jnp.where(busy, eff.kernel_overhead_s, 0.0))
         tensor.append(terms[0]), vector.append(terms[1]), memory.append(terms[2])
     return RowTimes(tuple(time), tuple(tensor), tuple(vector), tuple(memory))
+
+
+def _kernel_model(row: ops.RowInfo, eff: Efficiency):
+    """The fitted kernel model's timing function for this row, or None (roofline terms)."""
+    if row.kind == ops.MATMUL and eff.gemm is not None:
+        def gemm(*args, sequences):
+            return eff.gemm.time_s(*args)
+
+        return gemm
+    if row.kind == ops.ATTENTION and eff.attention is not None:
+        decode = "decode" in row.name  # rows of sequences bringing one new token each
+
+        def attention(*args, sequences):
+            return eff.attention.time_s(decode, *args, seqs=sequences)
+
+        return attention
+    return None
+
+
+def kernel_model_cores(system: System, eff: Efficiency):
+    """SMs the kernel models assume: the chip's own, or (datasheet chip) the calibrated GPU's."""
+    if isinstance(system.chip, SystolicChip):
+        return system.chip.cores
+    if eff.has_kernel_models and eff.cores is None:
+        raise ValueError("Efficiency.cores: a datasheet-level chip states no core count, so an efficiency with "
+                         "kernel models needs `cores` (the SM count they assume, > 0)")
+    return eff.cores
