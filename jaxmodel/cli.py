@@ -6,6 +6,9 @@
     jaxmodel chip --hardware spad-prefill --json
                                       die area, cost, memory cost and TDP of one chip
     jaxmodel bench --json             pipeline throughput (points/s) and compile time
+    jaxmodel calibrate --hardware h100-sxm --kernels my_kernels.csv --out my-h100.json
+                                      fit kernel models to measured kernels; use the set with
+                                      `jaxmodel predict --calibration my-h100.json`
     jaxmodel list                     available models, hardware and calibrations
 
 Errors are reported as one line on stderr with exit status 2.
@@ -46,7 +49,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--fidelity", default="roofline", choices=["roofline", "systolic"],
                    help="time model: datasheet roofline, or systolic arrays + SRAM hierarchy (needs a preset with "
                         "a microarchitecture: h100-sxm, a100-sxm-80gb, spad-prefill, spad-decode)")
-    p.add_argument("--calibration", default="ideal", help="efficiency set; 'ideal' = pure roofline")
+    p.add_argument("--calibration", default="ideal",
+                   help="efficiency set: 'ideal' (pure roofline), a fitted preset (h100-vllm, a100-vllm; see "
+                        "`jaxmodel list`) or a JSON file written by `jaxmodel calibrate`")
     p.add_argument("--attention", default="flash", choices=ATTENTION_IMPLS, help="attention kernel")
     p.add_argument("--lm-head-tokens", default="last", choices=LM_HEAD_TOKENS,
                    help="prefill logits for the last prompt token (vLLM) or all of them")
@@ -170,6 +175,45 @@ def cmd_explore(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    import pandas as pd  # the calibration package is only needed by this command
+
+    from calibration import sets
+    from calibration.loaders import aiconfigurator, generic
+
+    frames = [generic.load_kernels(path) for path in args.kernels or []]
+    if args.aiconfigurator:
+        table = aiconfigurator.load(systems=args.aiconfigurator, frameworks=(args.framework, "nccl"))
+        if args.framework_version:
+            table = table[(table["framework"] == "nccl") | (table["framework_version"] == args.framework_version)]
+        frames.append(table)
+    if not frames:
+        raise ValueError("calibrate: give measured kernels with --kernels FILE (repeatable) and/or "
+                         "--aiconfigurator GPU (a100_sxm, h100_sxm)")
+    kernels = pd.concat(frames, ignore_index=True)
+    if args.gpu:
+        kernels = kernels[kernels["gpu"] == args.gpu]
+    gpus = sorted(set(kernels["gpu"]))
+    if len(gpus) != 1:
+        raise ValueError(f"calibrate: the measured rows must come from one GPU (found {gpus or 'none'}); "
+                         "select one with --gpu")
+    name = args.name or args.out.rsplit("/", 1)[-1].removesuffix(".json")
+    spec = sets.build(kernels, args.hardware, name=name, cores=args.cores, any_version=args.framework_version is None,
+                      description=f"fitted by `jaxmodel calibrate` to {len(kernels)} rows measured on {gpus[0]}")
+    sets.write(spec, args.out)
+    if args.json:
+        print(json.dumps(spec))
+        return 0
+    for family in sets.FAMILIES:
+        entry = spec.get(family)
+        if entry:
+            params = ", ".join(f"{k}={v:.4g}±{entry['stderr'][k]:.2g}" for k, v in entry["params"].items())
+            print(f"{family:>12}: {entry['rows']} rows, in-sample geomean error "
+                  f"{entry['in_sample']['geomean_pct']:.1f}%; {params}")
+    print(f"wrote {args.out}; use it with `jaxmodel predict ... --calibration {args.out}`")
+    return 0
+
+
 def cmd_list(args) -> int:
     print("models:      ", " ".join(presets.list_models()))
     print("hardware:    ", " ".join(presets.list_hardware()))
@@ -214,18 +258,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--with-yield", action="store_true", help="apply a negative-binomial die yield (SPAD does not)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
 
+    k = sub.add_parser("calibrate", help="fit kernel models to measured kernel times; write a calibration set",
+                       epilog="examples:\n  jaxmodel calibrate --hardware h100-sxm --kernels my_kernels.csv "
+                              "--out my-h100.json\n  jaxmodel calibrate --hardware a100-sxm-80gb --aiconfigurator "
+                              "a100_sxm --framework-version 0.14.0 --out a100.json\n\nKernel CSV columns: see "
+                              "calibration/loaders/generic.py (gpu, op, shape columns, measured_s|_ms|_us).\n"
+                              "GEMM rows (bf16) of any framework are fitted; attention rows need the kernel label "
+                              "'vllm_flash_attn kv:<dtype>', collectives framework 'nccl' (or vllm's custom "
+                              "all-reduce); rmsnorm/add/silu_mul/rope rows fit the memory efficiency.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("--hardware", required=True, help="preset whose datasheet the kernels ran on (see `jaxmodel list`)")
+    k.add_argument("--kernels", action="append", metavar="FILE", help="measured kernels, generic CSV (repeatable)")
+    k.add_argument("--aiconfigurator", metavar="GPU", help="also read NVIDIA AIConfigurator's database for GPU")
+    k.add_argument("--framework", default="vllm", help="AIConfigurator framework folder (vllm, trtllm)")
+    k.add_argument("--framework-version", help="AIConfigurator framework version, e.g. 0.14.0")
+    k.add_argument("--gpu", help="keep only rows measured on this GPU")
+    k.add_argument("--cores", type=float, help="SM count, if the hardware preset states none")
+    k.add_argument("--name", help="name recorded in the set (default: the file name)")
+    k.add_argument("--out", required=True, help="JSON file to write")
+    k.add_argument("--json", action="store_true", help="print the set as one JSON object")
+
     sub.add_parser("list", help="available presets")
     return parser
 
 
-COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore, "list": cmd_list}
+COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore,
+            "calibrate": cmd_calibrate, "list": cmd_list}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"jaxmodel: error: {exc}", file=sys.stderr)
         return 2
 

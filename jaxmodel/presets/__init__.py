@@ -1,11 +1,14 @@
-"""Named presets shipped as data files: models (``models/*.json``) and systems (``hardware/*.json``).
+"""Named presets shipped as data files: models (``models/*.json``), systems
+(``hardware/*.json``) and fitted efficiency sets (``calibrations/*.json``).
 
-A model may also be given as a path to a HuggingFace ``config.json`` (or its directory).
+A model may also be given as a path to a HuggingFace ``config.json`` (or its directory), and
+a calibration as a path to a set written by ``jaxmodel calibrate``.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -34,7 +37,7 @@ def list_hardware() -> list[str]:
 
 
 def list_calibrations() -> list[str]:
-    return ["ideal"]
+    return ["ideal", *_names("calibrations")]
 
 
 def _read(kind: str, name: str, what: str) -> dict:
@@ -94,8 +97,38 @@ def load_hardware(name: str) -> System:
     return system_from_dict(hardware_spec(name))
 
 
-def load_calibration(name: str) -> Efficiency:
-    """Efficiency factors by name. ``"ideal"``: every factor 1, a pure roofline."""
-    if name == "ideal":
+def calibration_spec(name_or_path: str) -> dict:
+    """The raw dictionary of a fitted set: a preset name (e.g. ``"h100-vllm"``) or a JSON path."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.exists():
+        return json.loads(path.read_text())
+    return _read("calibrations", name_or_path, "calibration")
+
+
+#: set key -> class of :mod:`jaxmodel.kernels` (module of the same name).
+_KERNEL_MODELS = {"gemm": "GemmModel", "attention": "AttentionModel", "collectives": "CollectiveModel"}
+
+
+def efficiency_from_dict(spec: dict) -> Efficiency:
+    """An :class:`Efficiency` from a set's ``efficiency`` factors and its fitted kernel models
+    (``gemm``, ``attention``, ``collectives``: each ``{"params": {...}, ...}``)."""
+    fields = dict(spec.get("efficiency", {}))
+    for key, class_name in _KERNEL_MODELS.items():
+        if spec.get(key) is not None:
+            cls = getattr(importlib.import_module(f"jaxmodel.kernels.{key}"), class_name)
+            try:
+                fields[key] = cls(**spec[key]["params"])
+            except TypeError as exc:
+                raise ValueError(f"calibration set: bad {key} parameters: {exc}") from exc
+    try:
+        return Efficiency(cores=spec.get("cores"), **fields)
+    except TypeError as exc:
+        raise ValueError(f"calibration set: bad efficiency factors: {exc}") from exc
+
+
+def load_calibration(name_or_path: str) -> Efficiency:
+    """Efficiency by name or path. ``"ideal"``: every factor 1, a pure roofline; ``"h100-vllm"``,
+    ``"a100-vllm"``: kernel models fitted to vLLM kernels measured on those GPUs."""
+    if name_or_path == "ideal":
         return ideal()
-    raise ValueError(f"unknown calibration {name!r}; available: {', '.join(list_calibrations())}")
+    return efficiency_from_dict(calibration_spec(name_or_path))
