@@ -15,11 +15,10 @@ prefill: sum), Q/O and KV-cache-write traffic not overlapped, a fixed launch flo
 split-combine kernel (fixed + per split) and FA2's Q/O relayout copies in grouped decode.
 Decode and prefill rows are fitted together (separate decode and prefill parameters).
 
-The engine hands the model sequences x KV heads as one count, so it cannot tell a batch of
-eight sequences with one KV head from one sequence with eight; FA2's relayout copies (and,
-on H100, the bandwidth a batch reaches) depend on that split. "calibrated" uses the engine's
-inputs; "calibrated + seqs" also gives the model the sequence count (a column the engine's op
-table would have to carry).
+FA2's relayout copies (and, on H100, the bandwidth a batch reaches) depend on how the
+sequences x KV heads work units split between the two. "calibrated + seqs" gives the model the
+sequence count, as the engine does (its op table records each attention row's sequences);
+"calibrated" withholds it, to show what that count is worth.
 
 Protocols: (1) a quarter of the distinct shapes (op, batch, seq_kv, heads, kv_heads) held out
 (calibration.metrics.held_out_groups), (2) a quarter of the (heads, kv_heads) pairs held out
