@@ -41,27 +41,50 @@ GiB = 2.0**30
 
 
 def genz_system(name: str) -> dict:
-    """GenZ's system dictionary with jaxmodel's preset figures in GenZ's units."""
-    spec = jm.presets.hardware_spec(name)
-    chip = spec["chip"]
+    """GenZ's system dictionary with jaxmodel's preset figures in GenZ's units.
+
+    The figures are read from the loaded system (not the raw preset file), so presets described
+    at microarchitecture level give their derived datasheet peaks."""
+    system = jm.load_hardware(name)
+    chip = system.chip
     return {
-        "Flops": chip["tensor_flops"]["bf16"] / 1e12,
-        "Memory_size": chip["mem_capacity_bytes"] / GiB,
-        "Memory_BW": chip["mem_bw_Bps"] / GiB,
-        "ICN": spec["scale_up"]["bandwidth_Bps"] / GiB,
-        "ICN_LL": spec["scale_up"]["link_latency_s"] * 1e6,
+        "Flops": float(chip.tensor_peak("bf16")) / 1e12,
+        "Memory_size": float(chip.mem_capacity_bytes) / GiB,
+        "Memory_BW": float(chip.mem_bw_Bps) / GiB,
+        "ICN": float(system.scale_up.bandwidth_Bps) / GiB,
+        "ICN_LL": float(system.scale_up.link_latency_s) * 1e6,
         "real_values": True,
     }
 
 
-def run_genz(model, hardware, tp, batch, input_tokens, output_tokens):
-    from GenZ import decode_moddeling, prefill_moddeling
+def _genz_kwargs(model, hardware, tp, batch, input_tokens) -> dict:
+    """``model``: a key of GENZ_MODELS, a GenZ model name or a GenZ ``ModelConfig``."""
+    model = GENZ_MODELS.get(model, model) if isinstance(model, str) else model
+    return dict(model=model, batch_size=batch, input_tokens=input_tokens, system_name=genz_system(hardware),
+                bits="bf16", tensor_parallel=tp, system_eff=1)
 
-    kwargs = dict(model=GENZ_MODELS[model], batch_size=batch, input_tokens=input_tokens,
-                  system_name=genz_system(hardware), bits="bf16", tensor_parallel=tp, system_eff=1)
+
+def genz_prefill_s(model, hardware, tp, batch, input_tokens):
+    """GenZ's prefill time of ``batch`` prompts in seconds (efficiency 1); raises ValueError
+    when weights + KV cache exceed memory."""
+    from GenZ import prefill_moddeling
+
+    return prefill_moddeling(**_genz_kwargs(model, hardware, tp, batch, input_tokens))["Latency"] / 1e3
+
+
+def genz_decode_step_s(model, hardware, tp, batch, input_tokens, cached_output_tokens):
+    """GenZ's time of one decode step in seconds (efficiency 1, beam width 1) whose cache holds
+    ``input_tokens + cached_output_tokens`` tokens; raises ValueError when it does not fit."""
+    from GenZ import decode_moddeling
+
+    kwargs = _genz_kwargs(model, hardware, tp, batch, input_tokens)
+    return decode_moddeling(output_tokens=cached_output_tokens, Bb=1, **kwargs)["Latency"] / 1e3
+
+
+def run_genz(model, hardware, tp, batch, input_tokens, output_tokens):
     try:
-        prefill = prefill_moddeling(**kwargs)["Latency"] / 1e3
-        decode = decode_moddeling(output_tokens=output_tokens // 2, Bb=1, **kwargs)["Latency"] / 1e3
+        prefill = genz_prefill_s(model, hardware, tp, batch, input_tokens)
+        decode = genz_decode_step_s(model, hardware, tp, batch, input_tokens, output_tokens // 2)
     except ValueError:  # GenZ raises when weights + KV cache exceed memory
         return None, None
     return prefill, decode
