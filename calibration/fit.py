@@ -45,7 +45,7 @@ def _chunks(rows: Mapping[str, np.ndarray], chunk: int):
 
 def least_squares(predict: Callable, params0: Mapping[str, float], rows: Mapping[str, np.ndarray],
                   measured_s: np.ndarray, *, max_iterations: int = 100, tolerance: float = 1e-10,
-                  chunk: int = DEFAULT_CHUNK) -> FitResult:
+                  chunk: int = DEFAULT_CHUNK, trim_sigmas: float | None = None) -> FitResult:
     """Fit ``predict`` to ``measured_s`` (see the module docstring).
 
     Args:
@@ -54,7 +54,26 @@ def least_squares(predict: Callable, params0: Mapping[str, float], rows: Mapping
         rows: the model's inputs per row (equal-length 1-D arrays).
         measured_s: measured seconds per row, positive.
         tolerance: stop when the relative decrease of the squared residuals is below it.
+        trim_sigmas: if given, refit once without the rows whose log residual lies more than
+            this many robust standard deviations (1.4826 x median absolute deviation) from the
+            median: single anomalous measurements then do not pull a few-parameter model.
     """
+    result = _least_squares(predict, params0, rows, measured_s, max_iterations, tolerance, chunk)
+    if trim_sigmas is None:
+        return result
+    measured = np.asarray(measured_s, dtype=np.float64)
+    with jax.enable_x64(True):
+        residual = np.log(np.asarray(predict({k: jnp.float64(v) for k, v in result.params.items()},
+                                             {k: jnp.asarray(v, jnp.float64) for k, v in rows.items()})) / measured)
+    centre = np.median(residual)
+    keep = np.abs(residual - centre) <= trim_sigmas * 1.4826 * np.median(np.abs(residual - centre))
+    if keep.all() or keep.sum() <= len(result.params):
+        return result
+    return _least_squares(predict, result.params, {k: np.asarray(v)[keep] for k, v in rows.items()}, measured[keep],
+                          max_iterations, tolerance, chunk)
+
+
+def _least_squares(predict, params0, rows, measured_s, max_iterations, tolerance, chunk) -> FitResult:
     names = tuple(params0)
     start = np.array([params0[k] for k in names], dtype=np.float64)
     if not np.all(np.isfinite(start) & (start > 0)):

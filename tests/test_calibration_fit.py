@@ -80,3 +80,19 @@ def test_a_model_that_is_not_finite_at_the_start_is_an_error():
 
     with pytest.raises(ValueError, match="non-finite"):
         fit.least_squares(broken, TRUE, rows, measured)
+
+
+def test_trimming_drops_anomalous_rows_that_bend_a_plain_fit():
+    rows, measured = synthetic(seed=2)
+    anomalous = measured.copy()
+    anomalous[:80] *= 5.0  # 2% of rows measured 5x slow (as a few H100 GEMM shapes are)
+    start = {k: v * 1.5 for k, v in TRUE.items()}
+    plain = fit.least_squares(kernel_time, start, rows, anomalous)
+    trimmed = fit.least_squares(kernel_time, start, rows, anomalous, trim_sigmas=3.0)
+    clean = fit.least_squares(kernel_time, start, rows, measured)
+    def worst(result):
+        return max(abs(result.params[k] / clean.params[k] - 1) for k in TRUE)
+
+    assert worst(trimmed) < 0.02 and worst(trimmed) < worst(plain) / 3  # the outliers pulled the plain fit
+    assert plain.rms_log_residual > 0.2  # log(5) on 2% of rows
+    assert trimmed.rms_log_residual == pytest.approx(0.05, rel=0.15)  # the injected noise, outliers gone

@@ -30,6 +30,10 @@ DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 FLASH_VERSION = {"a100_sxm": 2, "a100_pcie": 2, "h100_sxm": 3, "h100_pcie": 3, "h200_sxm": 3}
 #: Columns naming one measured shape (held-out groups are drawn over these).
 SHAPE = ["op", "batch", "seq_kv", "heads", "kv_heads"]
+#: Robust refit (as for GEMMs, :data:`calibration.ops.gemm.TRIM_SIGMAS`): training rows beyond
+#: this many robust standard deviations of the first fit's log residuals are dropped and the fit
+#: repeated, so a few anomalous timings do not bend the shared parameters; scoring uses every row.
+TRIM_SIGMAS = 3.0
 
 
 def kv_dtype(table: pd.DataFrame) -> pd.Series:
@@ -129,6 +133,7 @@ def fit_table(table: pd.DataFrame, system, *, gpu: str | None = None, version: i
     def predict_fitted(params, r):
         return predict({**params, **fixed}, r, use_seqs=use_seqs, version=version)
 
+    kw.setdefault("trim_sigmas", TRIM_SIGMAS)
     result = _fit.least_squares(predict_fitted, start, rows(table, system), table["measured_s"].to_numpy(), **kw)
     extra = {**fixed, "flash_version": float(version)}
     return result._replace(params={**result.params, **extra}, stderr={**result.stderr, **{k: 0.0 for k in extra}})

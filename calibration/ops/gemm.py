@@ -22,7 +22,6 @@ describe.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pandas as pd
 
@@ -110,16 +109,6 @@ def fit(table: pd.DataFrame, system, params0=None, robust: bool = True, **kw) ->
         raise ValueError("gemm fit: no rows")
     if "gpu" in table and table["gpu"].nunique() > 1:
         raise ValueError(f"gemm fit: rows of several GPUs {sorted(table['gpu'].unique())}; fit one at a time")
-    r = rows(table, system)
-    measured = table["measured_s"].to_numpy(np.float64)
-    result = _fit.least_squares(predict, dict(START if params0 is None else params0), r, measured, **kw)
-    if not robust:
-        return result
-    with jax.enable_x64(True):
-        residual = np.log(np.asarray(predict(result.params, r), dtype=np.float64) / measured)
-    centre = np.median(residual)
-    spread = 1.4826 * np.median(np.abs(residual - centre))
-    keep = np.abs(residual - centre) <= TRIM_SIGMAS * spread
-    if keep.all() or keep.sum() <= len(result.params):
-        return result
-    return _fit.least_squares(predict, result.params, {key: v[keep] for key, v in r.items()}, measured[keep], **kw)
+    return _fit.least_squares(predict, dict(START if params0 is None else params0), rows(table, system),
+                              table["measured_s"].to_numpy(np.float64), trim_sigmas=TRIM_SIGMAS if robust else None,
+                              **kw)
