@@ -210,6 +210,7 @@ def main() -> int:
     parser.add_argument("--genz-workers", type=int, default=2, help="GenZ processes (default 2)")
     parser.add_argument("--genz-cache", help="JSON file caching GenZ results between runs")
     parser.add_argument("--worst", type=int, default=5, help="worst rows to list")
+    parser.add_argument("--csv", help="also write every row with its predictions (seconds) to this CSV file")
     args = parser.parse_args()
     calibrations = args.calibration or ["ideal"]
     hardware = {**e2e.HARDWARE, "a100_sxm": args.a100}
@@ -322,6 +323,12 @@ def main() -> int:
             "OPT-175B, 500-2000 input and 200 output tokens, Fig. 5) 2.73% prefill and 1.85% decode geomean "
             "with measured efficiencies (A100 0.4, H100 0.55-0.75). The figures above fit no factor to these "
             "rows except the in-sample eta lines."]
+    if args.csv:
+        for col in columns.values():
+            if col != "genz":
+                for _, g in fits.groupby(["gpu", "framework"]):
+                    df.loc[g.index, f"{col}+host"] = step_overhead_cross_validation(g, col)[0]
+        df.to_csv(args.csv, index=False)
     out.append(f"(runtime: jaxmodel {t_jm:.0f} s for {len(calibrations)} set(s) including compilation, "
                f"GenZ {t_genz:.0f} s)")
     print("\n".join(out))
