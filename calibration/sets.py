@@ -56,11 +56,6 @@ def select(family: str, table: pd.DataFrame, any_version: bool = False) -> pd.Da
     return adapter(family).select(table, **(ANY_VERSION[family] if any_version else {}))
 
 
-def fit_family(module, table: pd.DataFrame, system, **kw):
-    """Fit one family's adapter to ``table`` (rows already selected)."""
-    return module.fit(table, system, **kw)
-
-
 def all_params(module, result) -> dict[str, float]:
     """Every parameter of the family's model: the fitted ones, completed with any the adapter
     held fixed (no rows informed them)."""
@@ -102,7 +97,7 @@ def build(kernels: pd.DataFrame, hardware: str, *, name: str, description: str =
         table = select(family, kernels, any_version)
         if table.empty:
             continue
-        result = fit_family(module, table, system)
+        result = module.fit(table, system)
         params = all_params(module, result)
         measured = table["measured_s"].to_numpy()
         predicted = np.asarray(module.predict(params, module.rows(table, system)))

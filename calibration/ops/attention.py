@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from calibration import fit as _fit
+from calibration.ops import roofline as roofline
 from jaxmodel.kernels import attention
 from jaxmodel.ops import attention_keys, attention_pairs
 
@@ -106,12 +107,6 @@ def predict(params: dict, r: dict, *, use_seqs: bool = True, version: int | None
     seqs = r["seqs"] if use_seqs else None
     return jnp.where(jnp.asarray(r["decode"]) > 0, mdl.time_s(True, *args, seqs=seqs),
                      mdl.time_s(False, *args, seqs=seqs))
-
-
-def roofline(r: dict) -> np.ndarray:
-    """The uncalibrated roofline of the same rows: exact max of FLOPs at peak and bytes at
-    datasheet bandwidth (η = 1, no overheads)."""
-    return np.maximum(r["flops"] / r["peak_flops"], r["bytes_moved"] / r["bandwidth_Bps"])
 
 
 def fit_table(table: pd.DataFrame, system, *, gpu: str | None = None, version: int | None = None,

@@ -31,7 +31,7 @@ def select(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def rows(table: pd.DataFrame, system) -> dict[str, np.ndarray]:
-    table = select(table)
+    """Model inputs of rows already :func:`select`-ed."""
     read, written = (np.array([TRAFFIC[op][i] for op in table["op"]]) for i in (0, 1))
     size = table["dtype"].map(DTYPE_BYTES).to_numpy(np.float64)
     elements = table["m"].to_numpy(np.float64) * table["n"].to_numpy(np.float64)

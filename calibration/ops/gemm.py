@@ -27,6 +27,7 @@ import pandas as pd
 
 from calibration import fit as _fit
 from calibration import metrics
+from calibration.ops import roofline as roofline
 from jaxmodel.kernels.gemm import START, GemmModel
 
 FRAMEWORK = "vllm"
@@ -92,13 +93,6 @@ def predict(params, r):
     """Seconds per row from a parameter dict (the fit's positive values)."""
     return GemmModel(**params).time_s(r["m"], r["n"], r["k"], r["matmuls"], r["flops"], r["bytes_moved"],
                                       r["peak_flops"], r["bandwidth_Bps"], r["cores"])
-
-
-def roofline(r) -> np.ndarray:
-    """The uncalibrated roofline on the same inputs: ``max(flops / peak, bytes / bandwidth)``
-    (every efficiency 1, no overheads, exact maximum)."""
-    return np.maximum(np.asarray(r["flops"]) / np.asarray(r["peak_flops"]),
-                      np.asarray(r["bytes_moved"]) / np.asarray(r["bandwidth_Bps"]))
 
 
 def fit(table: pd.DataFrame, system, params0=None, robust: bool = True, **kw) -> _fit.FitResult:

@@ -40,9 +40,10 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
               sharpness: float | None = None) -> RowTimes:
     chip = system.chip
     # Reciprocals once per design point: a multiply per row is cheaper than a divide.
-    per_tensor_flop = 1.0 / (chip.tensor_peak(compute_dtype) * eff.tensor)
+    peak, bandwidth = chip.tensor_peak(compute_dtype), chip.mem_bw_Bps
+    per_tensor_flop = 1.0 / (peak * eff.tensor)
     per_vector_flop = 1.0 / (chip.vector_flops * eff.vector)
-    per_byte = 1.0 / (chip.mem_bw_Bps * eff.memory)
+    per_byte = 1.0 / (bandwidth * eff.memory)
     time, tensor, vector, memory = [], [], [], []
     zero = jnp.zeros_like(per_byte)
     cores = kernel_model_cores(system, eff)
@@ -62,7 +63,7 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
             busy = table.flops[i] > 0
             shape = [jnp.where(busy, x, 1.0) for x in (table.m[i], table.n[i], table.k[i], table.matmuls[i],
                                                        table.flops[i], table.total_bytes(i), table.sequences[i])]
-            t = model(*shape[:-1], chip.tensor_peak(compute_dtype), chip.mem_bw_Bps, cores, sequences=shape[-1])
+            t = model(*shape[:-1], peak, bandwidth, cores, sequences=shape[-1])
             time.append(jnp.where(busy, t, 0.0))
         else:
             busy = (table.flops[i] + table.vector_flops[i] + table.total_bytes(i)) > 0
