@@ -14,8 +14,10 @@ Model: :func:`calibration.end_to_end.batch_latency_parts` -- the scheduler's pre
 every decode step summed exactly over the growing context, on the hardware presets
 ``a100-sxm-40gb`` and ``h100-sxm``, with each efficiency set named by ``--calibration``
 (``ideal`` = datasheet roofline; a set per GPU as ``a100_sxm=a100-vllm,h100_sxm=h100-vllm``).
-Nothing is fitted to these rows, so every figure is out of sample (except the lines marked
-in-sample, which fit one efficiency per GPU and framework as the GenZ paper does).
+Nothing is fitted to these rows, so every figure is out of sample, except the lines marked
+in-sample, which fit one efficiency per GPU and framework as the GenZ paper does, and the host
+overhead lines: the framework's host time per step and per sequence, which kernel measurements
+cannot see, fitted on half the models and scored on the other half.
 
 GenZ 0.0.16 (``genz_llm``) gets the same model dimensions, the same datasheet numbers
 (:func:`genz_comparison.genz_system`), efficiency 1, and the same workload: the same prefill
@@ -48,7 +50,7 @@ import pandas as pd
 
 import jaxmodel as jm
 from calibration import end_to_end as e2e
-from calibration import fit, metrics
+from calibration import metrics
 from calibration.loaders import inference_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -149,29 +151,25 @@ def genz_predictions(table: pd.DataFrame, budgets: pd.Series, hardware: dict, wo
                      dtype=float)
 
 
-# ---- host overhead per step ----------------------------------------------------------------------
-def step_overhead_cross_validation(g: pd.DataFrame, col: str) -> tuple[pd.Series, list[float]]:
-    """Predictions with a per-step host overhead ``o`` fitted on the other fold's models.
-
-    Every scheduler step (prefill steps and ``output_tokens - 1`` decode steps) pays ``o``
-    once, so the batch latency is ``predicted + steps * o``: linear in ``o``, fitted on log
-    residuals like every other calibration here."""
-    steps = (g["prefill_steps"] + g["output_tokens"] - 1.0).to_numpy(float)
+# ---- host overhead ------------------------------------------------------------------------------
+def host_overhead_cross_validation(g: pd.DataFrame, col: str) -> tuple[pd.Series, list[dict]]:
+    """Predictions plus host overhead (:func:`calibration.end_to_end.fit_host_overhead`: seconds
+    per forward step and per sequence in a step) fitted on the other fold's models."""
     models = sorted(g["model"].unique())
     folds = [set(models[0::2]), set(models[1::2])]
     scored = pd.Series(np.nan, index=g.index)
-    overheads = []
+    fitted = []
     for test_models in folds:
         test = g["model"].isin(test_models).to_numpy()
         train = ~test & np.isfinite(g[col].to_numpy(float))
         if not test.any() or not train.any():
             continue
-        rows = {"base": g[col].to_numpy(float)[train], "steps": steps[train]}
-        result = fit.least_squares(lambda p, r: r["base"] + r["steps"] * p["o"], {"o": 1e-3}, rows,
-                                   g["latency_s"].to_numpy(float)[train])
-        overheads.append(result.params["o"])
-        scored[test] = g[col].to_numpy(float)[test] + steps[test] * result.params["o"]
-    return scored, overheads
+        params = e2e.fit_host_overhead(g[train], g.loc[train, col]).params
+        fitted.append(params)
+        steps, sequence_steps = e2e.host_counts(g[test])
+        scored[test] = (g.loc[test, col].to_numpy(float) + steps * params["step_overhead_s"]
+                        + sequence_steps * params["sequence_overhead_s"])
+    return scored, fitted
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -306,15 +304,18 @@ def main() -> int:
             e = metrics.errors(ok[col] * scale, ok["latency_s"])
             parts.append(f"{label}: eta {1 / scale:.2f} -> geomean {e['geomean_pct']:.1f}%")
         out.append(f"  {gpu} {fw}: " + "; ".join(parts))
-    out += ["", "Plus one host overhead per forward step (Efficiency.step_overhead_s), fitted per (gpu, framework) on "
-            "half the models and scored on the other half (2-fold by model; kernel models unchanged)"]
+    out += ["", "Plus host overhead (Efficiency.step_overhead_s per forward step + sequence_overhead_s per sequence "
+            "in it), fitted per (gpu, framework) on half the models and scored on the other half (2-fold by model; "
+            "kernel models unchanged)"]
     for label, col in columns.items():
         if col == "genz":
             continue
         for (gpu, fw), g in fits.groupby(["gpu", "framework"]):
-            scored, overheads = step_overhead_cross_validation(g, col)
+            scored, fitted = host_overhead_cross_validation(g, col)
             out.append(line(f"  {gpu} {fw} {label}", scored, g["latency_s"])
-                       + "   step overhead " + " / ".join(f"{o * 1e3:.2f}" for o in overheads) + " ms")
+                       + "   per step " + " / ".join(f"{p['step_overhead_s'] * 1e3:.2f}" for p in fitted) + " ms"
+                       + ", per sequence " + " / ".join(f"{p['sequence_overhead_s'] * 1e6:.0f}" for p in fitted)
+                       + " us")
     out += ["", "GenZ's published validation (Bambhaniya et al., 'Demystifying AI Platform Design for Distributed "
             "Inference of Next-Generation LLM models'): 'max geomean error of 5.82%' = its Fig. 7, request "
             "serving time of Llama-3-8B bf16 at batch 16 with varying input/output lengths on SN40L (SambaFlow), "
@@ -327,7 +328,7 @@ def main() -> int:
         for col in columns.values():
             if col != "genz":
                 for _, g in fits.groupby(["gpu", "framework"]):
-                    df.loc[g.index, f"{col}+host"] = step_overhead_cross_validation(g, col)[0]
+                    df.loc[g.index, f"{col}+host"] = host_overhead_cross_validation(g, col)[0]
         df.to_csv(args.csv, index=False)
     out.append(f"(runtime: jaxmodel {t_jm:.0f} s for {len(calibrations)} set(s) including compilation, "
                f"GenZ {t_genz:.0f} s)")

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 import jaxmodel as jm
+from calibration import fit
 from jaxmodel import inference, memory
 from jaxmodel.architectures import Architecture
 from jaxmodel.hf_config import architecture_spec_from_hf
@@ -367,3 +368,38 @@ def predict_table(table: pd.DataFrame, efficiency, *, hardware: dict | None = No
             result.loc[g.index[over], "waves_s"] = full_waves * t_wave + np.where(rest > 0, t_rest, 0.0)
     result["fits"] = pd.array([None if np.isnan(v) else bool(v) for v in result["fits"]], dtype="boolean")
     return result
+
+
+# ---- host overhead ------------------------------------------------------------------------------
+#: starting point of :func:`fit_host_overhead` (seconds)
+HOST_START = {"step_overhead_s": 1e-3, "sequence_overhead_s": 3e-5}
+
+
+def host_counts(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, sequence_steps)`` of each offline batch: forward steps (the prefill steps and
+    ``output_tokens - 1`` decode steps) and the sequences summed over them (each prompt once in
+    prefill, then ``batch`` per decode step: ``batch * output_tokens``). ``rows`` needs the
+    table's ``batch`` and ``output_tokens`` and the predicted ``prefill_steps``."""
+    steps = (rows["prefill_steps"] + rows["output_tokens"] - 1.0).to_numpy(float)
+    return steps, (rows["batch"] * rows["output_tokens"]).to_numpy(float)
+
+
+def fit_host_overhead(rows: pd.DataFrame, predicted_s, start: dict | None = None) -> fit.FitResult:
+    """Fit :attr:`jaxmodel.Efficiency.step_overhead_s` and ``sequence_overhead_s`` to measured
+    batches whose GPU time ``predicted_s`` was computed without host overhead.
+
+    Host time adds to every step, so the batch latency is exactly ``predicted_s + steps *
+    step_overhead_s + sequence_steps * sequence_overhead_s`` (:func:`host_counts`); the two
+    seconds are fitted on log-latency like every other calibration, with error bars."""
+    steps, sequence_steps = host_counts(rows)
+    data = {"base": np.asarray(predicted_s, float), "steps": steps, "sequence_steps": sequence_steps}
+    return fit.least_squares(
+        lambda p, r: r["base"] + r["steps"] * p["step_overhead_s"] + r["sequence_steps"] * p["sequence_overhead_s"],
+        start or HOST_START, data, rows["latency_s"].to_numpy(float))
+
+
+def with_host_overhead(efficiency: jm.Efficiency, params: dict) -> jm.Efficiency:
+    """``efficiency`` with the fitted host overheads of :func:`fit_host_overhead`."""
+    return eqx.tree_at(lambda e: (e.step_overhead_s, e.sequence_overhead_s), efficiency,
+                       (jnp.asarray(params["step_overhead_s"], efficiency.step_overhead_s.dtype),
+                        jnp.asarray(params["sequence_overhead_s"], efficiency.sequence_overhead_s.dtype)))

@@ -39,6 +39,10 @@ class Efficiency(eqx.Module):
         step_overhead_s: seconds the serving framework adds to every forward step on the host
             (scheduling, input preparation, sampling and detokenization not hidden behind GPU
             work). Kernel measurements cannot see it; it is fitted to end-to-end runs.
+        sequence_overhead_s: host seconds per sequence in each forward step, on top of
+            ``step_overhead_s``: per-request Python work (block tables, sampling metadata,
+            output processing) that grows with the batch. vLLM 0.5's was about 70 us
+            (LLM-Inference-Bench, ``benchmarks/calibrate_end_to_end.py``).
         gemm: a :class:`jaxmodel.kernels.gemm.GemmModel` for matmul rows, or None.
         attention: a :class:`jaxmodel.kernels.attention.AttentionModel` for fused-attention
             rows, or None.
@@ -55,26 +59,32 @@ class Efficiency(eqx.Module):
     scale_out: jax.Array
     kernel_overhead_s: jax.Array
     step_overhead_s: jax.Array
+    sequence_overhead_s: jax.Array
     gemm: Any = None
     attention: Any = None
     collectives: Any = None
     cores: jax.Array | None = None
 
     def __init__(self, tensor=1.0, vector=1.0, memory=1.0, scale_up=1.0, scale_out=1.0, kernel_overhead_s=0.0,
-                 step_overhead_s=0.0, gemm=None, attention=None, collectives=None, cores=None):
+                 step_overhead_s=0.0, sequence_overhead_s=0.0, gemm=None, attention=None, collectives=None, cores=None):
         values = dict(tensor=tensor, vector=vector, memory=memory, scale_up=scale_up, scale_out=scale_out)
         for name, value in values.items():
             setattr(self, name, _checks.as_float(value, "Efficiency", name))
             _checks.fraction(getattr(self, name), "Efficiency", name)
         self.kernel_overhead_s = _checks.as_float(kernel_overhead_s, "Efficiency", "kernel_overhead_s")
         _checks.non_negative(self.kernel_overhead_s, "Efficiency", "kernel_overhead_s")
-        self.step_overhead_s = _checks.as_float(step_overhead_s, "Efficiency", "step_overhead_s")
-        _checks.non_negative(self.step_overhead_s, "Efficiency", "step_overhead_s")
+        for name, value in (("step_overhead_s", step_overhead_s), ("sequence_overhead_s", sequence_overhead_s)):
+            setattr(self, name, _checks.as_float(value, "Efficiency", name))
+            _checks.non_negative(getattr(self, name), "Efficiency", name)
         self.gemm, self.attention, self.collectives = gemm, attention, collectives
         if cores is not None:
             cores = _checks.as_float(cores, "Efficiency", "cores")
             _checks.positive(cores, "Efficiency", "cores")
         self.cores = cores
+
+    def host_overhead_s(self, sequences) -> jax.Array:
+        """Host seconds of one forward step holding ``sequences`` sequences."""
+        return self.step_overhead_s + self.sequence_overhead_s * sequences
 
     @property
     def has_kernel_models(self) -> bool:

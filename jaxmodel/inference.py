@@ -99,8 +99,8 @@ def prefill(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple
     m = micro_batches(wl)
     r = run_step(arch, wl, system, eff, ops.prefill_step(wl, wl.batch / m), sharpness, fidelity,
                  groups=("prompt",))
-    # The host's per-step work (Efficiency.step_overhead_s) runs once per scheduler step.
-    return single_pass_s(r) + (m - 1.0) * stage_s(r, arch, wl) + eff.step_overhead_s, r
+    # The host's work runs once per scheduler step, for every sequence in it.
+    return single_pass_s(r) + (m - 1.0) * stage_s(r, arch, wl) + eff.host_overhead_s(wl.batch), r
 
 
 def decode(arch, wl, system, eff, sharpness=None, fidelity="roofline", context=None) -> tuple[jax.Array, StepResult]:
@@ -110,14 +110,15 @@ def decode(arch, wl, system, eff, sharpness=None, fidelity="roofline", context=N
     context = decode_context(wl) if context is None else context
     r = run_step(arch, wl, system, eff, ops.decode_step(wl, wl.batch / m, context), sharpness, fidelity,
                  groups=("decode",))
-    return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)) + eff.step_overhead_s, r
+    return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)) + eff.host_overhead_s(wl.batch), r
 
 
 def chunked(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple[jax.Array, StepResult]:
     """One Sarathi step: a prompt chunk of ``wl.chunk_tokens`` plus a decode batch of
     ``wl.batch`` sequences at the mean decode context (no pipeline micro-batching)."""
     r = run_step(arch, wl, system, eff, ops.chunked_step(wl, wl.batch, decode_context(wl)), sharpness, fidelity)
-    return single_pass_s(r) + eff.step_overhead_s, r
+    # The prompt chunk is one more sequence in the step.
+    return single_pass_s(r) + eff.host_overhead_s(wl.batch + 1.0), r
 
 
 def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:

@@ -61,6 +61,34 @@ def test_batch_latency_equals_prefill_steps_plus_every_decode_step():
     assert float(got["latency_s"]) == pytest.approx(prefill + decode, rel=1e-5)
 
 
+def test_host_overhead_is_paid_per_step_and_per_sequence():
+    """The engine's host overhead (Efficiency.step_overhead_s + sequence_overhead_s per sequence)
+    adds exactly steps * o + batch * output_tokens * s to a batch: the closed form that
+    fit_host_overhead fits. 3 prompts, 16-token budget: 2 prefill steps + 4 decode steps."""
+    arch, system, eff = tiny_point()
+    row = {k: jnp.asarray(v) for k, v in dict(batch=3.0, input_tokens=8.0, output_tokens=5.0, tp=1.0,
+                                               max_batched_tokens=16.0).items()}
+    base = _parts(arch, row, system, eff, decode_steps=TINY_STEPS)
+    host = e2e.with_host_overhead(eff, {"step_overhead_s": 2e-3, "sequence_overhead_s": 1e-4})
+    got = _parts(arch, row, system, host, decode_steps=TINY_STEPS)
+    frame = pd.DataFrame({"prefill_steps": [2.0], "output_tokens": [5.0], "batch": [3.0]})
+    steps, sequence_steps = e2e.host_counts(frame)
+    assert (steps[0], sequence_steps[0]) == (6.0, 15.0)
+    assert float(got["latency_s"]) == pytest.approx(float(base["latency_s"]) + 6 * 2e-3 + 15 * 1e-4, rel=1e-5)
+
+
+def test_host_overhead_fit_recovers_known_seconds():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"prefill_steps": rng.integers(1, 4, 60).astype(float),
+                          "output_tokens": rng.choice([128.0, 512.0], 60), "batch": rng.choice([1.0, 16.0, 64.0], 60)})
+    gpu = rng.uniform(0.5, 20.0, 60)
+    steps, sequence_steps = e2e.host_counts(frame)
+    frame["latency_s"] = gpu + steps * 3e-3 + sequence_steps * 7e-5
+    result = e2e.fit_host_overhead(frame, gpu)
+    assert result.params["step_overhead_s"] == pytest.approx(3e-3, rel=1e-4)
+    assert result.params["sequence_overhead_s"] == pytest.approx(7e-5, rel=1e-4)
+
+
 def test_single_output_token_has_no_decode_step():
     got = tiny_parts(batch=2.0, input_tokens=8.0, output_tokens=1.0, tp=1.0, max_batched_tokens=np.inf)
     assert float(got["decode_s"]) == 0.0
