@@ -15,10 +15,11 @@ prefill: sum), Q/O and KV-cache-write traffic not overlapped, a fixed launch flo
 split-combine kernel (fixed + per split) and FA2's Q/O relayout copies in grouped decode.
 Decode and prefill rows are fitted together (separate decode and prefill parameters).
 
-FA2's relayout copies (and, on H100, the bandwidth a batch reaches) depend on how the
-sequences x KV heads work units split between the two. "calibrated + seqs" gives the model the
-sequence count, as the engine does (its op table records each attention row's sequences);
-"calibrated" withholds it, to show what that count is worth.
+FA2's relayout copies and FA3's split count (vLLM's split budget is shared by the batch's
+sequences) depend on how the sequences x KV heads work units split between the two.
+"calibrated + seqs" gives the model the sequence count, as the engine does (its op table
+records each attention row's sequences); "calibrated" withholds it (one sequence per KV head
+assumed), to show what that count is worth.
 
 Protocols: (1) a quarter of the distinct shapes (op, batch, seq_kv, heads, kv_heads) held out
 (calibration.metrics.held_out_groups), (2) a quarter of the (heads, kv_heads) pairs held out
@@ -61,10 +62,8 @@ _FITS: dict = {}
 
 
 def split_fit(df, system, columns, seed, use_seqs):
-    """Fit on the rows outside the held-out groups. FA3 has no sequence-dependent term, so its
-    fit with the sequence count is its fit without (computed once)."""
+    """Fit on the rows outside the held-out groups."""
     gpu = df["gpu"].iloc[0]
-    use_seqs = use_seqs and adapter.attention.STRUCTURES[adapter.flash_version(gpu)].relayout
     key = (gpu, tuple(columns), seed, use_seqs)
     if key not in _FITS:
         held = metrics.held_out_groups(df, columns, seed=seed)
@@ -92,14 +91,14 @@ def main() -> None:
         system = systems[gpu]
         for protocol, columns in PROTOCOLS.items():
             fits = {use: split_fit(df, system, columns, args.seed, use) for use in (False, True)}
-            result, held, fit_s = fits[False]
+            result, held, fit_s = fits[True]  # the engine's inputs: parameters, cross-GPU and float32 below
             test = df[held]
             roof_r = adapter.rows(test, system)
             roof = adapter.roofline(roof_r)
             for op in adapter.OPS:
                 mask = (test["op"] == op).to_numpy()
-                lines = {"calibrated": scores(result.params, test, system)[op],
-                         "calibrated + seqs": scores(fits[True][0].params, test, system, use_seqs=True)[op],
+                lines = {"calibrated": scores(fits[False][0].params, test, system)[op],
+                         "calibrated + seqs": scores(result.params, test, system, use_seqs=True)[op],
                          "roofline": metrics.errors(roof[mask], test["measured_s"][mask])}
                 for name, e in lines.items():
                     print(f"{gpu:<10}" + metrics.format_row(f"{SHORT[op]} held-out {protocol}, {name}", e, WIDTH))
@@ -118,13 +117,13 @@ def main() -> None:
         for unused in adapter.attention.UNUSED[version]:
             params.pop(unused, None)
         params.update({k: adapter.attention.START[k] for k in adapter.attention.UNUSED[version]})
-        for op, e in scores(params, test, systems[target], version=version).items():
+        for op, e in scores(params, test, systems[target], use_seqs=True, version=version).items():
             print(f"{target:<10}" + metrics.format_row(f"{SHORT[op]} fit on {source[:4]}, predict", e, WIDTH))
     # float32 evaluation of the fitted model against float64 on every row
     for gpu, (result, _) in kept.items():
         df = frames[gpu]
-        f64 = predict(result.params, df, systems[gpu])
-        f32 = predict(result.params, df, systems[gpu], x64=False)
+        f64 = predict(result.params, df, systems[gpu], use_seqs=True)
+        f32 = predict(result.params, df, systems[gpu], use_seqs=True, x64=False)
         rel = np.abs(f32 / f64 - 1.0)
         print(f"{gpu:<10}float32 vs float64: max relative difference {rel.max():.2g}, "
               f"median {np.median(rel):.2g}, rows above 1e-4: {int((rel > 1e-4).sum())} of {len(rel)}")

@@ -322,8 +322,8 @@ def main() -> int:
             "MI300X (vLLM) and Gaudi2 (DeepSpeed), numbers taken from LLM-Inference-Bench, each platform with "
             "its own efficiency factor (0.9, 0.25, 0.6); on NVIDIA (its own vLLM runs, Llama-2-7B/13B and "
             "OPT-175B, 500-2000 input and 200 output tokens, Fig. 5) 2.73% prefill and 1.85% decode geomean "
-            "with measured efficiencies (A100 0.4, H100 0.55-0.75). The figures above fit no factor to these "
-            "rows except the in-sample eta lines."]
+            "with measured efficiencies (A100 0.4, H100 0.55-0.75). The figures above fit nothing to these "
+            "rows except the in-sample eta lines and the host overhead (fitted on the other half of the models)."]
     if args.csv:
         for col in columns.values():
             if col != "genz":

@@ -80,8 +80,22 @@ def test_split_heuristic_by_hand():
     assert layout(mdl, True, engine_row(1, 1, 4095, 8, 8), 108.0)[3] == 1.0
     assert layout(model(3), True, engine_row(1, 1, 4095, 8, 8), 132.0)[3] > 1.0
     assert layout(model(3), True, engine_row(1, 1, 511, 8, 8), 132.0)[3] == 1.0
-    # FA3 splits at most 32 ways.
-    assert layout(model(3), True, engine_row(1, 1, 131071, 1, 1), 132.0)[3] <= 32.0
+    # FA3 splits at most 16 ways (vLLM's split budget).
+    assert layout(model(3), True, engine_row(1, 1, 131071, 1, 1), 132.0)[3] == 16.0
+
+
+def test_fa3_split_budget_is_shared_by_the_batch():
+    """vLLM's 16 FA3 splits per KV head are shared by the sequences: floor(16 / sequences)
+    splits each, one at 16 sequences and beyond; capped by the key tiles (8 at 1023 keys)."""
+    jitted = jax.jit(lambda mdl, row, seqs: mdl.layout(True, row["m"], row["n"], row["k"], row["matmuls"],
+                                                       row["flops"], 132.0, seqs))
+    for batch, kv_heads, keys, expected in ((1, 1, 65535, 16), (3, 2, 65535, 5), (4, 8, 65535, 4),
+                                            (16, 1, 65535, 1), (1, 1, 1023, 8)):
+        row = engine_row(batch, 1, keys, 8 * kv_heads, kv_heads)
+        assert float(jitted(model(3), row, float(batch))[3]) == expected, (batch, kv_heads, keys)
+    # Without a sequence count, one sequence per KV head is assumed (matmuls = 4 -> 4 splits).
+    row = engine_row(1, 1, 65535, 32, 4)
+    assert float(jitted(model(3), row, None)[3]) == 4.0
 
 
 def test_prefill_layout_recovers_new_tokens():
@@ -133,8 +147,8 @@ def test_relayout_needs_several_sequences_and_kv_heads():
     with_seqs = t(mdl, True, one_seq, seqs=1.0)
     assumed = t(mdl, True, one_seq)
     assert assumed == pytest.approx(with_seqs + START["relayout_s"], rel=0.05)
-    # FA3 never relayouts.
-    assert t(model(3), True, one_seq, hw=H100) == t(model(3), True, one_seq, hw=H100, seqs=1.0)
+    # FA3 never relayouts: without a count it assumes one sequence per KV head (8 here).
+    assert t(model(3), True, one_seq, hw=H100) == t(model(3), True, one_seq, hw=H100, seqs=8.0)
 
 
 # ---- gradients and precision -------------------------------------------------------------------
