@@ -9,6 +9,9 @@
     jaxmodel calibrate --hardware h100-sxm --kernels my_kernels.csv --out my-h100.json
                                       fit kernel models to measured kernels; use the set with
                                       `jaxmodel predict --calibration my-h100.json`
+    jaxmodel size-chip --phase prefill
+                                      re-derive SPAD's prefill (or decode) chip from the H100 by
+                                      gradient descent: cheapest chip no slower than the H100
     jaxmodel list                     available models, hardware and calibrations
 
 Errors are reported as one line on stderr with exit status 2.
@@ -214,6 +217,46 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_size_chip(args) -> int:
+    import numpy as np
+
+    from . import optimize, spad_sizing
+
+    settings = optimize.SolverSettings(starts=args.starts)
+    problem = spad_sizing.PROBLEMS[args.phase](args.scale, args.objective, args.ratio)
+    result = optimize.solve(problem, settings, seed=args.seed)
+    grid = optimize.grid_search(problem) if args.grid else None
+    out = {"phase": args.phase, "space_size": problem.space_size, "objective_name": args.objective,
+           **{k: getattr(result, k) for k in ("values", "objective", "feasible", "constraints", "metrics", "seconds",
+                                             "compile_s", "evaluated")}}
+    if grid is not None:
+        out["grid"] = {k: getattr(grid, k) for k in ("values", "objective", "feasible", "seconds", "compile_s",
+                                                    "evaluated")}
+        out["gap_pct"] = 100.0 * (result.objective / grid.objective - 1.0)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.phase} chip from the H100, BLOOM-176B TP 8: minimize {args.objective} over "
+          f"{problem.space_size:,} designs ({args.scale} space)")
+    print(f"gradient method: {result.seconds:.1f} s ({result.compile_s:.1f} s compiling), {settings.starts} starts, "
+          f"{result.evaluated} exact evaluations; {'feasible' if result.feasible else 'NO FEASIBLE DESIGN FOUND'}")
+    if grid is not None:
+        print(f"grid search:     {grid.seconds:.1f} s ({grid.compile_s:.1f} s compiling), {grid.evaluated:,} designs; "
+              f"objective {grid.objective:.4g}, gradient method {out['gap_pct']:+.2f}% from it")
+    system = result.system(problem)
+    names = {"spad-prefill" if args.phase == "prefill" else "spad-decode": presets.load_hardware(
+        "spad-prefill" if args.phase == "prefill" else "spad-decode"), "h100-sxm": presets.load_hardware("h100-sxm")}
+    table = spad_sizing.chips_table({f"re-derived {args.phase}": system, **names})
+    print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print("constraints (value / bound, feasible <= 1): "
+          + "; ".join(f"{k}: {v:.3f}" for k, v in result.constraints.items()))
+    if args.sensitivity:
+        sens = optimize.sensitivity(problem, result)
+        cols = ["knob", "value", "elasticity_objective", "value_down", "objective_down", "value_up", "objective_up"]
+        print(sens[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}" if np.isfinite(v) else "-"))
+    return 0
+
+
 def cmd_list(args) -> int:
     print("models:      ", " ".join(presets.list_models()))
     print("hardware:    ", " ".join(presets.list_hardware()))
@@ -278,12 +321,34 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="JSON file to write")
     k.add_argument("--json", action="store_true", help="print the set as one JSON object")
 
+    z = sub.add_parser("size-chip", help="size a chip by gradient descent (SPAD's prefill or decode chip)",
+                       epilog="examples:\n  jaxmodel size-chip --phase prefill\n"
+                              "  jaxmodel size-chip --phase decode --objective tdp_w --grid --sensitivity\n"
+                              "  jaxmodel size-chip --phase prefill --ratio 1.2 --scale smoke --json\n\n"
+                              "Problem (jaxmodel/spad_sizing.py): from the H100, free cores, array rows/cols, vector "
+                              "width, L1, L2 and the memory (HBM3 stacks or GDDR7 devices); BLOOM-176B FP16 TP 8; "
+                              "prefill chip: batch 2 x 1024 prefill no slower than ratio x the H100's and a decode "
+                              "batch of 8 fits; decode chip: batch 64 decode step no slower than ratio x the "
+                              "H100's, memory >= the H100's, and prefill batch 2 fits.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    z.add_argument("--phase", default="prefill", choices=["prefill", "decode"])
+    z.add_argument("--objective", default="total_cost_usd",
+                   choices=["total_cost_usd", "tdp_w", "die_area_mm2", "cost_per_throughput"])
+    z.add_argument("--ratio", type=float, default=1.0, help="allowed phase time relative to the H100's (> 0)")
+    z.add_argument("--scale", default="full", choices=["full", "smoke"],
+                   help="design space: full (~1.45 M designs) or smoke (coarse, ~72 k)")
+    z.add_argument("--starts", type=int, default=32, help="random starts of the gradient method")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--grid", action="store_true", help="also run the exhaustive grid search and compare")
+    z.add_argument("--sensitivity", action="store_true", help="print gradients and one-step changes per knob")
+    z.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("list", help="available presets")
     return parser
 
 
 COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore,
-            "calibrate": cmd_calibrate, "list": cmd_list}
+            "calibrate": cmd_calibrate, "size-chip": cmd_size_chip, "list": cmd_list}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """The command-line contract (DESIGN.md section 8) and the main job at smoke size."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +62,15 @@ def test_explore_smoke(tmp_path, capsys):
 def test_list(capsys):
     assert main(["list"]) == 0
     assert "llama-3-70b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ratio", "-1"], "Constraint 'prefill.time_s': the bound must be positive"),
+    (["--starts", "0"], "SolverSettings.starts must be >= 1"),
+])
+def test_size_chip_bad_input_is_one_line(args, message):
+    run = subprocess.run([sys.executable, "-m", "jaxmodel.cli", "size-chip", "--scale", "smoke", *args],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    err = run.stderr.strip()
+    assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err

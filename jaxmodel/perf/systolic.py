@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from .. import ops
 from ..efficiency import Efficiency
 from ..hardware import SystolicChip, System
-from ..smooth import ceil_straight_through, soft_max
+from ..smooth import ceil_straight_through, is_exact, rounds_straight_through, soft_max
 from .comm import collective_time
 from .roofline import RowTimes
 
@@ -71,13 +71,13 @@ def _safe(x):
 def _ceil(x, sharpness):
     # Whole counts in exact mode; straight-through (exact forward value, slope 1) in smooth
     # mode so that gradients see wave and fold quantization as a continuous cost.
-    return jnp.ceil(x) if sharpness is None else ceil_straight_through(x)
+    return ceil_straight_through(x) if rounds_straight_through(sharpness) else jnp.ceil(x)
 
 
 def _pick(times, sharpness):
     """Minimum over the candidate axis (last), and weights selecting it (one-hot when exact)."""
     best = jnp.min(times, axis=-1)
-    if sharpness is None:
+    if is_exact(sharpness):
         hits = (times == best[..., None]).astype(times.dtype)
     else:
         ratio = best[..., None] / times
