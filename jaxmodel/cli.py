@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     z.add_argument("--phase", default="prefill", choices=["prefill", "decode"])
     z.add_argument("--objective", default="total_cost_usd",
-                   choices=["total_cost_usd", "tdp_w", "die_area_mm2", "cost_per_throughput"])
+                   choices=["total_cost_usd", "tdp_w", "die_area_mm2", "cost_per_throughput", "usd_per_mtok"])
     z.add_argument("--ratio", type=float, default=1.0, help="allowed phase time relative to the H100's (> 0)")
     z.add_argument("--scale", default="full", choices=["full", "smoke"],
                    help="design space: full (~1.45 M designs) or smoke (coarse, ~72 k)")

@@ -12,7 +12,9 @@ A :class:`SizingProblem` names
   ``"<case>.memory_ratio"`` (memory needed over usable capacity);
 * the **objective**: a metric to minimize (``"total_cost_usd"``, ``"tdp_w"``,
   ``"die_area_mm2"``, a case time, ``"cost_per_throughput"`` = cost x the geometric mean of
-  the case times relative to the reference chip, or any callable of the metric dict);
+  the case times relative to the reference chip, ``"usd_per_mtok"`` = amortized hardware and
+  electricity at TDP per million tokens averaged over the timed cases (the workload mix), or
+  any callable of the metric dict);
 * the **constraints** (:class:`Constraint`): a metric at most a bound, or at most a ratio of
   the reference chip's value (e.g. TTFT no worse than the H100's). Die area within the
   reticle and memory PHYs within the die's beachfront are always imposed, and every case must
@@ -243,11 +245,12 @@ class SizingProblem(eqx.Module):
                 raise ValueError("SizingProblem.constraints must be Constraint objects")
             if c.metric not in known:
                 raise ValueError(f"Constraint metric {c.metric!r} unknown; known: {sorted(known)}")
-        if self.objective == "cost_per_throughput" and not any(c.timed for c in self.cases):
-            raise ValueError("SizingProblem.objective 'cost_per_throughput' needs at least one timed Case")
-        if isinstance(self.objective, str) and self.objective not in known | {"cost_per_throughput"}:
+        derived = {"cost_per_throughput", "usd_per_mtok"}
+        if self.objective in derived and not any(c.timed for c in self.cases):
+            raise ValueError(f"SizingProblem.objective {self.objective!r} needs at least one timed Case")
+        if isinstance(self.objective, str) and self.objective not in known | derived:
             raise ValueError(f"SizingProblem.objective {self.objective!r} unknown; known: "
-                             f"{sorted(known | {'cost_per_throughput'})} or a callable of the metric dict")
+                             f"{sorted(known | derived)} or a callable of the metric dict")
         if self.fidelity not in inference.FIDELITIES:
             raise ValueError(f"SizingProblem.fidelity must be one of {sorted(inference.FIDELITIES)}")
 
@@ -376,6 +379,14 @@ def constraint_labels(problem: SizingProblem) -> list[str]:
 def _objective_value(problem: SizingProblem, metrics: dict, reference: dict):
     if callable(problem.objective):
         return problem.objective(metrics)
+    if problem.objective == "usd_per_mtok":
+        # Amortized hardware plus electricity at TDP (an upper bound on the energy) of all the
+        # case's devices, per million tokens, averaged over the timed cases.
+        econ = problem.base.economics
+        usd_per_s = (cost.hardware_usd_per_s(econ, metrics["total_cost_usd"])
+                     + metrics["tdp_w"] * econ.pue * econ.electricity_usd_per_J)
+        per = [usd_per_s * c.workload.devices / metrics[f"{c.name}.tokens_per_s"] for c in problem.cases if c.timed]
+        return 1e6 * sum(per) / len(per)
     if problem.objective == "cost_per_throughput":
         rel = [jnp.log(metrics[f"{c.name}.time_s"] / reference[f"{c.name}.time_s"]) for c in problem.cases if c.timed]
         return metrics["total_cost_usd"] * jnp.exp(sum(rel) / len(rel))

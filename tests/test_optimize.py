@@ -146,6 +146,16 @@ def test_exact_gradients_match_finite_differences_at_the_optimum():
         assert checked >= len(x) * 3
 
 
+def test_usd_per_mtok_by_hand():
+    problem = small_problem(objective="usd_per_mtok")
+    m = jax.device_get(opt.design_metrics(problem, problem.base))
+    econ = problem.base.economics
+    usd_per_s = (m["total_cost_usd"] / (float(econ.lifetime_s) * float(econ.utilization))
+                 + m["tdp_w"] * float(econ.pue) * float(econ.electricity_usd_per_J))
+    expected = 1e6 * 0.5 * (usd_per_s / m["prefill.tokens_per_s"] + usd_per_s / m["decode.tokens_per_s"])
+    assert float(opt._objective_value(problem, m, m)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_sensitivity_table():
     problem = small_problem()
     found = opt.solve(problem, SETTINGS)

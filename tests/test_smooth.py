@@ -36,3 +36,27 @@ def test_smooth_model_within_bound_of_exact(llama70b, h100):
     assert float(g.chip.tensor_flops["bf16"]) < 0
     exact_g = jax.grad(lambda s: inference.evaluate(llama70b, wl, s, jm.ideal())["tpot_s"])(h100)
     assert float(exact_g.chip.tensor_flops["bf16"]) == pytest.approx(0.0, abs=1e-30)
+
+
+def test_straight_through_limit_keeps_exact_values_and_passes_rounding_slopes():
+    """sharpness=inf: the exact model's values; through a ceiling (waves of tiles over cores)
+    the slope is the identity's, where exact mode's is zero."""
+    from jaxmodel.perf import systolic
+
+    chip = jm.load_hardware("h100-sxm").chip
+    eff = jm.ideal()
+
+    def t(cores, sharpness):
+        c = chip.__class__(cores, chip.lanes, chip.array_rows, chip.array_cols, chip.macs_per_pe_cycle,
+                           chip.vector_width, chip.vector_flops_per_lane_cycle, chip.l1_bytes, chip.l2_bytes,
+                           chip.l2_bytes_per_cycle, chip.core_port_bytes_per_cycle, chip.tensor_clock_hz,
+                           chip.vector_clock_hz, chip.memory, chip.die)
+        shape = dict(m=4096.0, n=4096.0, k=4096.0, count=1.0, lhs_bytes=2 * 4096.0**2, rhs_bytes=2 * 4096.0**2,
+                     out_bytes=2 * 4096.0**2)
+        return systolic.matmul_time(c, eff, "bf16", sharpness=sharpness, **shape).time
+
+    cores = jnp.asarray(100.0)
+    assert float(t(cores, np.inf)) == float(t(cores, None))
+    assert float(soft_max([jnp.asarray(2.0), jnp.asarray(3.0)], np.inf)) == 3.0
+    assert float(jax.grad(t)(cores, None)) == 0.0  # wave count is a step function of the cores
+    assert float(jax.grad(t)(cores, np.inf)) < 0.0  # more cores, fewer waves
