@@ -23,11 +23,13 @@ A :class:`SizingProblem` names
 :func:`solve` runs an augmented Lagrangian method in smooth mode (soft maxima/minima, see
 :mod:`jaxmodel.smooth`) on the logarithms of the objective and of each constraint ratio, from
 many random starts at once (one ``vmap``), each knob mapped from an unconstrained variable by
-a sigmoid onto its range (log-spaced when its values are). It then evaluates, exactly, every
-design whose knobs are the legal values just below and just above each start's continuous
-optimum (``2^knobs`` per start and memory option) and keeps the best feasible one. A problem
-with no feasible neighbour is reported as such (``SizingResult.feasible`` False), never as a
-feasible design. :func:`grid_search` evaluates the whole discrete space exactly, in chunks, as
+a sigmoid onto its range (log-spaced when its values are). Every memory option keeps its own
+relaxed design and its own multipliers; a softmax choice over the options follows the lowest
+Lagrangian. It then evaluates, exactly, every design whose knobs are the legal values just
+below and just above each start's continuous optimum (``2^(knobs+1)`` per start and memory
+option), polishes the best few by an exact discrete local search (single and paired moves of up to
+eight legal values), and keeps the best feasible design. A problem with no feasible
+design found is reported as such (``SizingResult.feasible`` False), never as a feasible one. :func:`grid_search` evaluates the whole discrete space exactly, in chunks, as
 the reference. :func:`sensitivity` gives the gradients and elasticities of the objective and of
 every constraint at a design, and the objective's change one legal step either side of it
 (the tornado).
@@ -402,14 +404,16 @@ class _Scales(eqx.Module):
     reference: dict
 
 
-def _scales(problem: SizingProblem) -> _Scales:
+def _scales(problem: SizingProblem) -> tuple[_Scales, float]:
+    """The problem's scales and the seconds spent compiling them."""
     ref_system = problem.reference if problem.reference is not None else problem.base
-    reference = jax.device_get(_reference_metrics(problem, ref_system))
+    reference, compile_s = _call(_exact_metrics, problem, ref_system)
+    reference = jax.device_get(reference)
     reference = with_relative_times(problem, reference, reference)
     bounds = [c.upper if c.upper is not None else c.ratio * float(reference[c.metric]) for c in problem.constraints]
     objective = float(_objective_value(problem, reference, reference))
     return _Scales(jnp.asarray(abs(objective) or 1.0), jnp.asarray(bounds, dtype=float).reshape(-1),
-                   {k: jnp.asarray(v) for k, v in reference.items()})
+                   {k: jnp.asarray(v) for k, v in reference.items()}), compile_s
 
 
 def _exact_metrics(problem, system):
@@ -433,30 +437,42 @@ def _bounds(problem: SizingProblem, option: int):
             jnp.asarray([k.log for k in knobs]))
 
 
-def _relaxed_metrics(problem, z, sharpness):
-    """Metrics of the continuous design ``z`` (knob logits per memory option, then the option
-    logits): each option's metrics, mixed by the softmax of the option logits."""
-    n_knobs, n_opt = len(problem.knobs), len(problem.memory_options)
-    knob_u = jax.nn.sigmoid(z[:n_knobs])
-    pack_u = jax.nn.sigmoid(z[n_knobs:n_knobs + n_opt])
-    weights = jax.nn.softmax(z[n_knobs + n_opt:]) if n_opt > 1 else jnp.ones(1)
-    mixed = None
-    for j in range(n_opt):
-        bounds = _bounds(problem, j)
-        x = _unit_to_value(bounds, jnp.concatenate([knob_u, pack_u[j:j + 1]]))
-        m = design_metrics(problem, build_system(problem, x[:-1], j, x[-1]), sharpness)
-        mixed = (jax.tree_util.tree_map(lambda v, w=weights[j]: w * v, m) if mixed is None else
-                 jax.tree_util.tree_map(lambda a, v, w=weights[j]: a + w * v, mixed, m))
-    return mixed
+def _layout(problem):
+    """Sizes of the relaxed variable ``z``: per memory option its knob logits and package
+    logit (``n_knobs + 1`` each), then one choice logit per option."""
+    return len(problem.knobs) + 1, len(problem.memory_options)
 
 
-def _lagrangian(problem, z, lam, mu, scales, sharpness):
-    m = with_relative_times(problem, _relaxed_metrics(problem, z, sharpness), scales.reference)
+def _option_values(problem, z, j):
+    """Knob values and package count of option ``j``'s relaxed design."""
+    width, _ = _layout(problem)
+    return _unit_to_value(_bounds(problem, j), jax.nn.sigmoid(z[j * width:(j + 1) * width]))
+
+
+def _option_lagrangian(problem, x, j, lam, mu, scales, sharpness):
+    m = with_relative_times(problem, design_metrics(problem, build_system(problem, x[:-1], j, x[-1]), sharpness),
+                            scales.reference)
     f = jnp.log(_objective_value(problem, m, scales.reference) / scales.objective)
     g = _constraint_logs(problem, m, scales.bounds)
     # Augmented Lagrangian for inequalities (Rockafellar): (mu/2)·max(0, g + lam/mu)² - lam²/(2mu).
     shifted = jnp.maximum(g + lam / mu, 0.0)
     return f + jnp.sum(0.5 * mu * shifted**2 - lam**2 / (2.0 * mu)), g
+
+
+def _lagrangian(problem, z, lam, mu, scales, sharpness):
+    """Sum of every memory option's own augmented Lagrangian (each option keeps its own relaxed
+    design and must meet every constraint itself: a blend of two options' metrics can pass
+    constraints neither passes, which an earlier metric-mixing relaxation did), plus the
+    softmax choice over options trained toward the lowest one: ``lam`` is [options, constraints]."""
+    width, n_opt = _layout(problem)
+    parts, gs = [], []
+    for j in range(n_opt):
+        value, g = _option_lagrangian(problem, _option_values(problem, z, j), j, lam[j], mu, scales, sharpness)
+        parts.append(value)
+        gs.append(g)
+    parts = jnp.stack(parts)
+    choice = jnp.sum(jax.nn.softmax(z[width * n_opt:]) * jax.lax.stop_gradient(parts))
+    return jnp.sum(parts) + choice, jnp.stack(gs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,7 +481,9 @@ class SolverSettings:
     steps of ``learning_rate`` on the knob logits; the penalty grows by ``growth`` per update.
     ``sharpness``: the relaxation of maxima and minima (:mod:`jaxmodel.smooth`; ``inf``: exact
     values with straight-through gradients through whole-number roundings, the default because
-    it compiles about four times faster than a finite p through reverse mode)."""
+    it compiles about four times faster than a finite p through reverse mode).
+    After rounding, the ``polish_seeds`` best designs per memory option start an exact discrete
+    local search (:func:`_local_search`) of at most ``polish_rounds`` rounds (0: none)."""
 
     starts: int = 32
     outer: int = 8
@@ -474,9 +492,11 @@ class SolverSettings:
     mu0: float = 10.0
     growth: float = 2.0
     sharpness: float = math.inf
+    polish_seeds: int = 4
+    polish_rounds: int = 8
 
     def __post_init__(self):
-        for name in ("starts", "outer", "inner"):
+        for name in ("starts", "outer", "inner", "polish_seeds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SolverSettings.{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("learning_rate", "mu0", "growth", "sharpness"):
@@ -486,6 +506,7 @@ class SolverSettings:
 
 def _solve_relaxed(problem, settings, scales, z0):
     n_con = len(constraint_labels(problem))
+    _, n_opt = _layout(problem)
     b1, b2, eps = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015) with its usual constants
 
     def one(z):
@@ -509,7 +530,7 @@ def _solve_relaxed(problem, settings, scales, z0):
             lam = jnp.maximum(lam + mu * g, 0.0)
             return (z, lam, mu * settings.growth), g
 
-        lam0 = jnp.zeros(n_con, dtype=z.dtype)
+        lam0 = jnp.zeros((n_opt, n_con), dtype=z.dtype)
         (z, lam, _), history = jax.lax.scan(outer, (z, lam0, jnp.asarray(settings.mu0, z.dtype)), None,
                                             length=settings.outer)
         return z, lam, history
@@ -578,7 +599,7 @@ def system_of(problem: SizingProblem, values: dict) -> System:
     return build_system(problem, [values[k.path] for k in problem.knobs], option, packages)
 
 
-def _pick_best(problem, option_results, scales):
+def _pick_best(option_results):
     """The best feasible design over ``[(option, values, packages, f, g)]`` (else the least
     infeasible), as (option, knob values, packages, f, g)."""
     best = None
@@ -598,12 +619,76 @@ def _result(problem, scales, best, evaluated, seconds, compile_s, relaxed=None) 
     design = {k.path: float(v) for k, v in zip(problem.knobs, values)}
     design["chip.memory.technology"] = problem.memory_options[option].technology
     design[PACKAGES] = packages
-    metrics = jax.device_get(_reference_metrics(problem, system_of(problem, design)))
-    metrics = with_relative_times(problem, metrics, jax.device_get(scales.reference))
+    metrics, metrics_compile_s = _call(_exact_metrics, problem, system_of(problem, design))
+    compile_s += metrics_compile_s
+    metrics = with_relative_times(problem, jax.device_get(metrics), jax.device_get(scales.reference))
     metrics = {k: float(v) for k, v in metrics.items()}
     objective = float(_objective_value(problem, metrics, jax.device_get(scales.reference)))
     constraints = dict(zip(constraint_labels(problem), np.exp(np.asarray(g, dtype=float)).tolist()))
     return SizingResult(design, objective, metrics, constraints, feasible, evaluated, seconds, compile_s, relaxed)
+
+
+def _best_rows(rows: np.ndarray, f: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best distinct rows: feasible ones by objective, then the least infeasible."""
+    worst = np.max(g, axis=1)
+    order = np.lexsort((np.where(worst <= 0, f, worst), worst > 0))
+    _, first = np.unique(rows[order], axis=0, return_index=True)
+    return rows[order][np.sort(first)][:k]
+
+
+def _moves(n: int) -> np.ndarray:
+    """Index steps of a local-search round over ``n`` knobs: every knob 1, 2, 4 or 8 legal
+    values down or up, alone or together with one other knob moving one value either way (a
+    trade such as many fewer cores for larger arrays needs two knobs to move at once, one of
+    them far)."""
+    steps = (-8, -4, -2, -1, 1, 2, 4, 8)
+    moves = []
+    for i in range(n):
+        for a in steps:
+            m = np.zeros(n, dtype=int)
+            m[i] = a
+            moves.append(m)
+            for k in range(n):
+                if k == i:
+                    continue
+                for b in (-1, 1):
+                    m = np.zeros(n, dtype=int)
+                    m[i], m[k] = a, b
+                    moves.append(m)
+    return np.unique(np.asarray(moves), axis=0)
+
+
+def _local_search(problem, option, scales, seeds: np.ndarray, rounds: int):
+    """Exact discrete polish of rounded designs: from each seed, repeatedly move to the best
+    design among its :func:`_moves` neighbours (feasible first, then cheaper; ties keep the
+    current design) until none improves or ``rounds`` are done. Returns the final designs with
+    their objective and constraint logs, the evaluations made and the seconds compiling."""
+    knob_values = [np.asarray(k.values) for k in problem.knobs] + [np.asarray(problem.memory_options[option].packages)]
+    index = np.stack([np.searchsorted(v, seeds[:, i]) for i, v in enumerate(knob_values)], axis=1)
+    moves = _moves(len(knob_values))
+    top = np.asarray([len(v) - 1 for v in knob_values])
+    evaluated, compile_s = 0, 0.0
+    current = None
+    for _ in range(max(rounds, 0) + 1):
+        # Row 0 of each seed's block is the design itself, so its values are always known.
+        cand = np.clip(index[:, None, :] + np.concatenate([np.zeros((1, len(top)), int), moves])[None], 0, top)
+        flat = cand.reshape(-1, len(top))
+        designs = np.stack([v[flat[:, i]] for i, v in enumerate(knob_values)], axis=1)
+        (f, g), seconds = _call(_exact_batch, problem, option, jnp.asarray(designs[:, :-1]),
+                                jnp.asarray(designs[:, -1]), scales)
+        compile_s += seconds
+        evaluated += len(flat)
+        f = np.asarray(f).reshape(len(index), -1)
+        g = np.asarray(g).reshape(len(index), len(moves) + 1, -1)
+        worst = g.max(axis=2)
+        score = np.where(worst <= 0, f, np.inf)
+        pick = np.where(np.isfinite(score).any(axis=1), np.argmin(score, axis=1), np.argmin(worst, axis=1))
+        current = (designs.reshape(len(index), len(moves) + 1, -1)[np.arange(len(index)), pick],
+                   f[np.arange(len(index)), pick], g[np.arange(len(index)), pick])
+        if (pick == 0).all() or rounds <= 0:
+            break
+        index = cand[np.arange(len(index)), pick]
+    return current, evaluated, compile_s
 
 
 # ---- the two searches ---------------------------------------------------------------------------
@@ -613,28 +698,27 @@ def solve(problem: SizingProblem, settings: SolverSettings | None = None, seed: 
     neighbouring legal designs."""
     settings = settings or SolverSettings()
     t0 = time.perf_counter()
-    scales = _scales(problem)
-    n_knobs, n_opt = len(problem.knobs), len(problem.memory_options)
-    key = jax.random.PRNGKey(seed)
-    z0 = jax.random.uniform(key, (settings.starts, n_knobs + n_opt + (n_opt if n_opt > 1 else 0)),
-                            minval=-2.5, maxval=2.5)
+    scales, setup_s = _scales(problem)
+    n_knobs = len(problem.knobs)
+    width, n_opt = _layout(problem)
+    # Starts spread over (almost) each knob's whole range: uniform in the unit coordinate.
+    unit0 = jax.random.uniform(jax.random.PRNGKey(seed), (settings.starts, width * n_opt + n_opt),
+                               minval=0.02, maxval=0.98)
+    z0 = jnp.log(unit0 / (1.0 - unit0))
     (z, _, _), compile_s = _call(_solve_relaxed, problem, settings, scales, z0)
-    z = jax.device_get(z)
-    z = np.asarray(z, dtype=float)
-    u = 1.0 / (1.0 + np.exp(-z))
+    compile_s += setup_s
+    z = np.asarray(jax.device_get(z), dtype=float)
+    logits = z[:, width * n_opt:]
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
     candidates, relaxed_rows = [], []
     for j, option in enumerate(problem.memory_options):
-        low, high, log = (np.asarray(a) for a in _bounds(problem, j))
-        x = np.where(log, low * (high / low) ** np.concatenate([u[:, :n_knobs], u[:, n_knobs + j:n_knobs + j + 1]],
-                                                               axis=1),
-                     low + (high - low) * np.concatenate([u[:, :n_knobs], u[:, n_knobs + j:n_knobs + j + 1]],
-                                                         axis=1))
+        unit = 1.0 / (1.0 + np.exp(-z[:, j * width:(j + 1) * width]))
+        low, high, log = (np.asarray(b, dtype=float)[None, :] for b in _bounds(problem, j))
+        x = np.where(log > 0, low * (high / low) ** unit, low + (high - low) * unit)
         knob_values = [np.asarray(k.values) for k in problem.knobs] + [np.asarray(option.packages)]
         # A fixed batch size (duplicates kept) so that every solve reuses one compiled program.
-        near = _neighbours(knob_values, x).reshape(-1, n_knobs + 1)
-        candidates.append((j, near))
-        weights = (np.exp(z[:, n_knobs + n_opt:]) / np.exp(z[:, n_knobs + n_opt:]).sum(1, keepdims=True)
-                   if n_opt > 1 else np.ones((len(z), 1)))
+        candidates.append((j, _neighbours(knob_values, x).reshape(-1, n_knobs + 1)))
         for s in range(len(z)):
             relaxed_rows.append({"start": s, "memory": option.technology, "weight": float(weights[s, j]),
                                  **{k.path: x[s, i] for i, k in enumerate(problem.knobs)}, PACKAGES: x[s, -1]})
@@ -644,8 +728,14 @@ def solve(problem: SizingProblem, settings: SolverSettings | None = None, seed: 
                                 scales)
         compile_s += seconds
         evaluated += len(near)
-        results.append((j, near[:, :-1], near[:, -1], np.asarray(f), np.asarray(g)))
-    best = _pick_best(problem, results, scales)
+        f, g = np.asarray(f), np.asarray(g)
+        seeds = _best_rows(near, f, g, settings.polish_seeds)
+        polished, count, seconds = _local_search(problem, j, scales, seeds, settings.polish_rounds)
+        compile_s += seconds
+        evaluated += count
+        results.append((j, near[:, :-1], near[:, -1], f, g))
+        results.append((j, polished[0][:, :-1], polished[0][:, -1], polished[1], polished[2]))
+    best = _pick_best(results)
     return _result(problem, scales, best, evaluated, time.perf_counter() - t0, compile_s,
                    pd.DataFrame(relaxed_rows))
 
@@ -655,8 +745,7 @@ def grid_search(problem: SizingProblem, chunk_size: int = 1 << 14, progress: Cal
     Coordinates are computed on the device from a flat index and only each chunk's best
     feasible (and least infeasible) design comes back, so memory stays bounded."""
     t0 = time.perf_counter()
-    scales = _scales(problem)
-    compile_s = 0.0
+    scales, compile_s = _scales(problem)
     results, evaluated = [], 0
     for j, option in enumerate(problem.memory_options):
         axes = tuple(jnp.asarray(k.values) for k in problem.knobs) + (jnp.asarray(option.packages),)
@@ -683,7 +772,7 @@ def grid_search(problem: SizingProblem, chunk_size: int = 1 << 14, progress: Cal
         pick = best_f if np.max(best_f[2]) <= 0 else best_g
         values = np.array([[float(a[c]) for a, c in zip(axes, pick[0])]])
         results.append((j, values[:, :-1], values[:, -1], np.array([pick[1]]), pick[2][None, :]))
-    best = _pick_best(problem, results, scales)
+    best = _pick_best(results)
     return _result(problem, scales, best, evaluated, time.perf_counter() - t0, compile_s)
 
 
@@ -708,7 +797,7 @@ def sensitivity(problem: SizingProblem, result: SizingResult, sharpness: float |
     constraint (smooth mode at ``sharpness``; ``None``: exact mode's piecewise gradient), the
     elasticities ``d ln f / d ln x``, and the exact objective one legal value below and above
     (``objective_down`` / ``objective_up``, NaN at the end of a range) with their feasibility."""
-    scales = _scales(problem)
+    scales, _ = _scales(problem)
     techs = [m.technology for m in problem.memory_options]
     option = techs.index(result.values["chip.memory.technology"])
     x = jnp.asarray([result.values[k.path] for k in problem.knobs] + [result.values[PACKAGES]])

@@ -127,7 +127,7 @@ def test_exact_gradients_match_finite_differences_at_the_optimum():
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(
             jnp.asarray(x).dtype, jnp.floating) else x, problem)
-        scales = opt._scales(p64)
+        scales, _ = opt._scales(p64)
         x = jnp.asarray([design[k.path] for k in p64.knobs] + [design[opt.PACKAGES]], jnp.float64)
         f = jax.jit(lambda x: opt._sensitivity_parts(p64, 0, x, scales, None))
         jac = np.asarray(jax.jit(jax.jacfwd(lambda x: opt._sensitivity_parts(p64, 0, x, scales, None)))(x))
