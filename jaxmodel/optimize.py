@@ -793,9 +793,10 @@ def _grid_chunk(problem, option, axes, start, scales, shape, chunk):
 
 
 # ---- sensitivity --------------------------------------------------------------------------------
-def sensitivity(problem: SizingProblem, result: SizingResult, sharpness: float | None = 16.0) -> pd.DataFrame:
+def sensitivity(problem: SizingProblem, result: SizingResult, sharpness: float | None = math.inf) -> pd.DataFrame:
     """Per knob at the design ``result``: the gradient of the objective and of every
-    constraint (smooth mode at ``sharpness``; ``None``: exact mode's piecewise gradient), the
+    constraint (at ``sharpness``, default the solver's straight-through limit; a finite p: smooth
+    mode; ``None``: exact mode, whose roundings have zero slope), the
     elasticities ``d ln f / d ln x``, and the exact objective one legal value below and above
     (``objective_down`` / ``objective_up``, NaN at the end of a range) with their feasibility."""
     scales, _ = _scales(problem)
