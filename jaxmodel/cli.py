@@ -244,9 +244,8 @@ def cmd_size_chip(args) -> int:
         print(f"grid search:     {grid.seconds:.1f} s ({grid.compile_s:.1f} s compiling), {grid.evaluated:,} designs; "
               f"objective {grid.objective:.4g}, gradient method {out['gap_pct']:+.2f}% from it")
     system = result.system(problem)
-    names = {"spad-prefill" if args.phase == "prefill" else "spad-decode": presets.load_hardware(
-        "spad-prefill" if args.phase == "prefill" else "spad-decode"), "h100-sxm": presets.load_hardware("h100-sxm")}
-    table = spad_sizing.chips_table({f"re-derived {args.phase}": system, **names})
+    table = spad_sizing.chips_table({f"re-derived {args.phase}": system, **{
+        name: presets.load_hardware(name) for name in (f"spad-{args.phase}", "h100-sxm")}})
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     print("constraints (value / bound, feasible <= 1): "
           + "; ".join(f"{k}: {v:.3f}" for k, v in result.constraints.items()))

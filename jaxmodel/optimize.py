@@ -356,11 +356,16 @@ def with_relative_times(problem: SizingProblem, metrics: dict, reference: dict) 
     phase of time / the reference chip's time (SPAD's "normalized performance" is its inverse)."""
     out = dict(metrics)
     for phase in PHASES:
-        logs = [jnp.log(metrics[f"{c.name}.time_s"] / reference[f"{c.name}.time_s"])
-                for c in problem.cases if c.phase == phase and c.timed]
-        if logs:
-            out[f"{phase}_relative_time"] = jnp.exp(sum(logs) / len(logs))
+        cases = [c for c in problem.cases if c.phase == phase and c.timed]
+        if cases:
+            out[f"{phase}_relative_time"] = _relative_time(metrics, reference, cases)
     return out
+
+
+def _relative_time(metrics: dict, reference: dict, cases) -> jax.Array:
+    """Geometric mean over ``cases`` of time / the reference chip's time."""
+    logs = [jnp.log(metrics[f"{c.name}.time_s"] / reference[f"{c.name}.time_s"]) for c in cases]
+    return jnp.exp(sum(logs) / len(logs))
 
 
 def _constraint_logs(problem: SizingProblem, metrics: dict, bounds) -> jax.Array:
@@ -390,8 +395,7 @@ def _objective_value(problem: SizingProblem, metrics: dict, reference: dict):
         per = [usd_per_s * c.workload.devices / metrics[f"{c.name}.tokens_per_s"] for c in problem.cases if c.timed]
         return 1e6 * sum(per) / len(per)
     if problem.objective == "cost_per_throughput":
-        rel = [jnp.log(metrics[f"{c.name}.time_s"] / reference[f"{c.name}.time_s"]) for c in problem.cases if c.timed]
-        return metrics["total_cost_usd"] * jnp.exp(sum(rel) / len(rel))
+        return metrics["total_cost_usd"] * _relative_time(metrics, reference, [c for c in problem.cases if c.timed])
     return metrics[problem.objective]
 
 
@@ -449,11 +453,17 @@ def _option_values(problem, z, j):
     return _unit_to_value(_bounds(problem, j), jax.nn.sigmoid(z[j * width:(j + 1) * width]))
 
 
+def _score(problem, values, option, packages, scales, sharpness):
+    """(objective, log(objective / its scale), constraint logs) of one design: knob ``values``
+    and ``packages`` of memory option ``option``."""
+    m = with_relative_times(problem, design_metrics(problem, build_system(problem, values, option, packages),
+                                                    sharpness), scales.reference)
+    objective = _objective_value(problem, m, scales.reference)
+    return objective, jnp.log(objective / scales.objective), _constraint_logs(problem, m, scales.bounds)
+
+
 def _option_lagrangian(problem, x, j, lam, mu, scales, sharpness):
-    m = with_relative_times(problem, design_metrics(problem, build_system(problem, x[:-1], j, x[-1]), sharpness),
-                            scales.reference)
-    f = jnp.log(_objective_value(problem, m, scales.reference) / scales.objective)
-    g = _constraint_logs(problem, m, scales.bounds)
+    _, f, g = _score(problem, x[:-1], j, x[-1], scales, sharpness)
     # Augmented Lagrangian for inequalities (Rockafellar): (mu/2)·max(0, g + lam/mu)² - lam²/(2mu).
     shifted = jnp.maximum(g + lam / mu, 0.0)
     return f + jnp.sum(0.5 * mu * shifted**2 - lam**2 / (2.0 * mu)), g
@@ -541,12 +551,7 @@ def _solve_relaxed(problem, settings, scales, z0):
 # ---- exact evaluation of discrete designs ------------------------------------------------------
 def _exact_batch(problem, option, values, packages, scales):
     """Objective (scaled, log) and constraint logs of a batch of discrete designs, exactly."""
-    def one(v, p):
-        m = with_relative_times(problem, design_metrics(problem, build_system(problem, v, option, p), None),
-                                scales.reference)
-        f = jnp.log(_objective_value(problem, m, scales.reference) / scales.objective)
-        return f, _constraint_logs(problem, m, scales.bounds)
-    return jax.vmap(one)(values, packages)
+    return jax.vmap(lambda v, p: _score(problem, v, option, p, scales, None)[1:])(values, packages)
 
 
 def _neighbours(knob_values: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -715,8 +720,8 @@ def solve(problem: SizingProblem, settings: SolverSettings | None = None, seed: 
     candidates, relaxed_rows = [], []
     for j, option in enumerate(problem.memory_options):
         unit = 1.0 / (1.0 + np.exp(-z[:, j * width:(j + 1) * width]))
-        low, high, log = (np.asarray(b, dtype=float)[None, :] for b in _bounds(problem, j))
-        x = np.where(log > 0, low * (high / low) ** unit, low + (high - low) * unit)
+        bounds = tuple(b[None, :] for b in _bounds(problem, j))  # one row per start
+        x = np.asarray(_unit_to_value(bounds, unit), dtype=float)
         knob_values = [np.asarray(k.values) for k in problem.knobs] + [np.asarray(option.packages)]
         # A fixed batch size (duplicates kept) so that every solve reuses one compiled program.
         candidates.append((j, _neighbours(knob_values, x).reshape(-1, n_knobs + 1)))
@@ -833,10 +838,8 @@ def sensitivity(problem: SizingProblem, result: SizingResult, sharpness: float |
 
 def _sensitivity_parts(problem, option, x, scales, sharpness):
     """Objective and constraint ratios (value / bound) of the design ``x`` (knobs, packages)."""
-    m = with_relative_times(problem, design_metrics(problem, build_system(problem, x[:-1], option, x[-1]),
-                                                    sharpness), scales.reference)
-    return jnp.concatenate([jnp.reshape(_objective_value(problem, m, scales.reference), (1,)),
-                            jnp.exp(_constraint_logs(problem, m, scales.bounds))])
+    objective, _, g = _score(problem, x[:-1], option, x[-1], scales, sharpness)
+    return jnp.concatenate([jnp.reshape(objective, (1,)), jnp.exp(g)])
 
 
 def _sensitivity_jacobian(problem, option, x, scales, sharpness):
