@@ -124,7 +124,7 @@ class Latencies(NamedTuple):
     events: jax.Array
 
 
-def _check_workload(wl: Workload):
+def check_workload(wl: Workload):
     try:
         pp = float(wl.pp)
     except (TypeError, jax.errors.ConcretizationTypeError):
@@ -194,21 +194,41 @@ def _unbatch(lat: Latencies, squeeze: bool) -> Latencies:
     return jax.tree_util.tree_map(lambda x: x[0], lat) if squeeze else lat
 
 
+def prefill_stage(requests: Requests, arch: Architecture, wl: Workload, prefill: Pool,
+                  eff: Efficiency | None = None, settings: Disaggregated = Disaggregated(),
+                  fidelity: str = "roofline") -> Latencies:
+    """The prefill pool alone (TTFT depends on nothing else): latencies with TBT and the
+    end-to-end latency left as NaN. Batches like :func:`disaggregated`."""
+    eff = ideal() if eff is None else eff
+    req, (prefill_p,), squeeze = _batched(requests, prefill)
+    pre = _prefill(req, arch, wl, prefill, prefill_p, eff, settings, fidelity)
+    nan = jnp.full_like(pre.first_token_s, jnp.nan)
+    lat = _latencies(req.arrival_s, pre.first_token_s, nan, nan, pre.status, pre.events)
+    return _unbatch(lat._replace(tbt_s=nan, e2e_s=nan), squeeze)
+
+
+def _prefill(req, arch, wl, prefill, prefill_p, eff, settings, fidelity):
+    check_workload(wl)
+    prompt = req.input_tokens.astype(req.arrival_s.dtype)
+    zeros = jnp.zeros_like(prompt)
+    return simulate_pool(PoolRequests(req.arrival_s, prompt, zeros, zeros, kv_bytes(arch, wl, prompt)),
+                         _machines(arch, wl, prefill_p, req.arrival_s.dtype),
+                         _pool_time(arch, wl, prefill.kinds, eff, fidelity),
+                         slots=settings.prefill_slots, budget=settings.prefill_budget, chunked=False)
+
+
 def disaggregated(requests: Requests, arch: Architecture, wl: Workload, prefill: Pool, decode: Pool,
                   eff: Efficiency | None = None, settings: Disaggregated = Disaggregated(),
                   fidelity: str = "roofline") -> Latencies:
     """Per-request latencies of a disaggregated cluster (module docstring). Configurations
     are batched along a leading axis of the arrival times (e.g. rates) and of the pools'
     ``kind`` / ``present`` arrays (e.g. pool sizes), all simulated in one loop."""
-    _check_workload(wl)
     eff = ideal() if eff is None else eff
     req, (prefill_p, decode_p), squeeze = _batched(requests, prefill, decode)
     ftype = req.arrival_s.dtype
     prompt, output = req.input_tokens.astype(ftype), req.output_tokens.astype(ftype)
     zeros = jnp.zeros_like(prompt)
-    pre = simulate_pool(PoolRequests(req.arrival_s, prompt, zeros, zeros, kv_bytes(arch, wl, prompt)),
-                        _machines(arch, wl, prefill_p, ftype), _pool_time(arch, wl, prefill.kinds, eff, fidelity),
-                        slots=settings.prefill_slots, budget=settings.prefill_budget, chunked=False)
+    pre = _prefill(req, arch, wl, prefill, prefill_p, eff, settings, fidelity)
     # The KV cache leaves over the prefill machine's scale-out links (every device its shard).
     links = jnp.stack([s.scale_out.bandwidth_Bps for s in prefill.kinds]).astype(ftype)
     link = links[jnp.take_along_axis(prefill_p.kind, jnp.maximum(pre.machine, 0), axis=1)]
@@ -239,7 +259,7 @@ def colocated(requests: Requests, arch: Architecture, wl: Workload, machines: Po
               settings: Colocated = Colocated(), fidelity: str = "roofline") -> Latencies:
     """Per-request latencies of a co-located (chunked-prefill) cluster (module docstring);
     configurations batch as in :func:`disaggregated`."""
-    _check_workload(wl)
+    check_workload(wl)
     eff = ideal() if eff is None else eff
     req, (pool,), squeeze = _batched(requests, machines)
     ftype = req.arrival_s.dtype
