@@ -89,7 +89,7 @@ def main() -> None:
         for label in TABLE4[kind]:
             t = time.perf_counter()
             if label.startswith("Sarathi"):
-                best, _ = pv.provision_colocated(trace, setup, h100, max_machines=args.max_machines + 20)
+                best, _ = pv.provision_colocated(trace, setup, h100, max_machines=args.max_machines + 60)
                 split, total = False, (None if best is None else int(best["machines"]))
             else:
                 chips = (h100, h100) if "H100" in label else (pre_chip, dec_chip)
@@ -125,7 +125,7 @@ def main() -> None:
                                                  np.repeat(dc, n, axis=0), rates=rates)
 
             t = time.perf_counter()
-            rate, _ = pv.max_rate(trace, setup, simulate, np.arange(20.0, 101.0, 10.0))
+            rate, _ = pv.max_rate(trace, setup, simulate, np.arange(20.0, 161.0, 10.0))
             h100_n = None
             if rate > 0:
                 h100_best, _ = pv.provision_disaggregated(tr.rescale(trace, rate), setup, h100, h100,

@@ -12,6 +12,9 @@
     jaxmodel size-chip --phase prefill
                                       re-derive SPAD's prefill (or decode) chip from the H100 by
                                       gradient descent: cheapest chip no slower than the H100
+    jaxmodel provision --trace conv --rate 70 --prefill-chip spad-prefill --decode-chip spad-decode
+                                      cheapest prefill + decode cluster meeting SPAD's latency SLOs
+                                      on a trace (or --mode colocated for chunked prefill)
     jaxmodel list                     available models, hardware and calibrations
 
 Errors are reported as one line on stderr with exit status 2.
@@ -256,6 +259,68 @@ def cmd_size_chip(args) -> int:
     return 0
 
 
+def cmd_provision(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from .serving import provision as pv
+    from .serving import trace as tr
+
+    if not (np.isfinite(args.rate) and args.rate > 0):
+        raise ValueError(f"--rate must be finite and > 0 requests per second (got {args.rate})")
+    for name in ("max_prefill", "max_decode", "max_machines"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    source = tr.azure(args.trace) if args.trace in tr.TRACES + ("coding", "conversation") else tr.load_csv(args.trace)
+    if args.requests is not None:
+        source = source.head(args.requests)
+    trace = tr.resample(source, args.rate, seed=args.seed) if args.arrivals == "poisson" else tr.rescale(source,
+                                                                                                         args.rate)
+    arch = presets.load_model(args.model)
+    wl = Workload(batch=1.0, input_tokens=1.0, output_tokens=1.0, tp=args.tp, dtype=args.dtype)
+    reference = presets.load_hardware(args.reference)
+    setup = pv.Setup(arch, wl, reference, presets.load_calibration(args.calibration), args.fidelity)
+    if args.mode == "colocated":
+        chip = args.chip or args.reference
+        best, table = pv.provision_colocated(trace, setup, presets.load_hardware(chip), args.slo, args.max_machines)
+        chips = f"co-located {chip}"
+    else:
+        pre, dec = args.prefill_chip or args.reference, args.decode_chip or args.reference
+        best, table = pv.provision_disaggregated(trace, setup, presets.load_hardware(pre), presets.load_hardware(dec),
+                                                 args.slo, args.max_prefill, args.max_decode,
+                                                 objective=args.objective)
+        chips = f"prefill {pre}, decode {dec}"
+    front = pv.pareto(table)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    machines = [c for c in ("prefill", "decode", "machines") if c in table]
+    summary = {"trace": trace.name, "requests": len(trace), "rate_rps": args.rate, "chips": chips, "slo": args.slo,
+               "fidelity": args.fidelity, "configurations": len(table),
+               "best": None if best is None else {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()},
+               "pareto": front.to_dict(orient="records")}
+    if args.json:
+        print(json.dumps(summary, default=float))
+        return 0
+    print(f"{args.model} TP {args.tp} {args.dtype}, {chips}; {trace.name}: {len(trace):,} requests at "
+          f"{args.rate:g} req/s; {args.slo} SLOs vs one request alone on {args.reference}; {args.fidelity} times")
+    print(f"simulated {len(table)} cluster configurations")
+    if best is None:
+        print("no configuration within the machine limits meets the SLOs; closest P99 TTFT / TBT slowdowns (x):")
+        print(table.nsmallest(3, "p99_ttft (x)")[machines + ["p99_ttft (x)", "p99_tbt (x)"]].to_string(index=False))
+        return 1
+    counts = " + ".join(f"{int(best[c])} {c}" for c in machines)
+    print(f"cheapest by {args.objective}: {counts} machines; cost {best[pv.COST]:.2f} and TDP {best[pv.TDP]:.2f} "
+          f"{args.reference} machines; P90/P99 TTFT {best['p90_ttft (x)']:.2f}/{best['p99_ttft (x)']:.2f}x, "
+          f"TBT {best['p90_tbt (x)']:.2f}/{best['p99_tbt (x)']:.2f}x")
+    print("Pareto options (cost, TDP in reference machines):")
+    with pd.option_context("display.width", 160):
+        print(front[machines + [pv.COST, pv.TDP, "p99_ttft (x)", "p99_tbt (x)"]].to_string(
+            index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.csv:
+        print(f"wrote every configuration to {args.csv}")
+    return 0
+
+
 def cmd_list(args) -> int:
     print("models:      ", " ".join(presets.list_models()))
     print("hardware:    ", " ".join(presets.list_hardware()))
@@ -342,12 +407,48 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--sensitivity", action="store_true", help="print gradients and one-step changes per knob")
     z.add_argument("--json", action="store_true", help="print one JSON object")
 
+    v = sub.add_parser("provision", help="cheapest serving cluster meeting latency SLOs on a request trace",
+                       epilog="examples:\n  jaxmodel provision --trace conv --rate 70\n"
+                              "  jaxmodel provision --trace code --prefill-chip spad-prefill --decode-chip spad-decode "
+                              "--fidelity systolic\n"
+                              "  jaxmodel provision --trace my_trace.csv --rate 20 --mode colocated --slo tight --json\n\n"
+                              "Traces: code / conv (Azure LLM inference 2023, from ../shared/data or "
+                              "$JAXMODEL_SHARED_DATA) or a CSV (arrival_s, input_tokens, output_tokens). "
+                              "SLOs (SPAD Table 5): P90/P99 slowdown of TTFT and TBT over the request alone on "
+                              "the reference machine. Exit status 1 when no configuration meets them.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--trace", default="conv", help="code, conv, or a CSV trace file")
+    v.add_argument("--rate", type=float, default=70.0, help="request rate (req/s, > 0)")
+    v.add_argument("--arrivals", default="poisson", choices=["poisson", "scaled"],
+                   help="poisson: Poisson arrivals, lengths drawn from the trace (SplitwiseSim, SPAD); "
+                        "scaled: the trace's own gaps scaled to the rate")
+    v.add_argument("--requests", type=int, help="use the first N requests of the trace")
+    v.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    v.add_argument("--model", default="bloom-176b")
+    v.add_argument("--tp", type=int, default=8, help="tensor parallelism of a machine")
+    v.add_argument("--dtype", default="fp16", choices=sorted(DTYPE_BYTES))
+    v.add_argument("--mode", default="disaggregated", choices=["disaggregated", "colocated"])
+    v.add_argument("--prefill-chip", help="hardware preset of the prefill pool (default: --reference)")
+    v.add_argument("--decode-chip", help="hardware preset of the decode pool (default: --reference)")
+    v.add_argument("--chip", help="hardware preset of a co-located cluster (default: --reference)")
+    v.add_argument("--reference", default="h100-sxm", help="machine of the SLO baseline and of cost units")
+    v.add_argument("--slo", default="normal", choices=["loose", "normal", "tight"])
+    v.add_argument("--fidelity", default="roofline", choices=["roofline", "systolic"])
+    v.add_argument("--calibration", default="ideal", help="efficiency set of the iteration times")
+    v.add_argument("--objective", default="cost", choices=["cost", "tdp"])
+    v.add_argument("--max-prefill", type=int, default=40, help="largest prefill pool tried")
+    v.add_argument("--max-decode", type=int, default=40, help="largest decode pool tried")
+    v.add_argument("--max-machines", type=int, default=60, help="largest co-located cluster tried")
+    v.add_argument("--csv", help="write every simulated configuration to this CSV file")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("list", help="available presets")
     return parser
 
 
 COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore,
-            "calibrate": cmd_calibrate, "size-chip": cmd_size_chip, "list": cmd_list}
+            "calibrate": cmd_calibrate, "size-chip": cmd_size_chip,
+            "provision": cmd_provision, "list": cmd_list}
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from jaxmodel.cli import main
@@ -71,6 +72,39 @@ def test_list(capsys):
 def test_size_chip_bad_input_is_one_line(args, message):
     run = subprocess.run([sys.executable, "-m", "jaxmodel.cli", "size-chip", "--scale", "smoke", *args],
                          capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    err = run.stderr.strip()
+    assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err
+
+
+def run_provision(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "jaxmodel.cli", "provision", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_provision_on_a_user_trace(tmp_path):
+    """A small CSV trace end to end: the cheapest pair meets the SLOs and is on the Pareto front."""
+    from jaxmodel.serving import trace as tr
+
+    path = tr.save_csv(tr.poisson(60, 2.0, [200, 900, 1800], [4, 30, 120], seed=1), tmp_path / "mine.csv")
+    run = run_provision("--trace", str(path), "--rate", "2", "--max-prefill", "2", "--max-decode", "2",
+                        "--csv", str(tmp_path / "all.csv"), "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    best = out["best"]
+    assert out["requests"] == 60 and best["meets"] and best["served"] == 1.0
+    assert best["cost (reference machines)"] == best["prefill"] + best["decode"]  # H100 machines, H100 units
+    assert any(p["prefill"] == best["prefill"] and p["decode"] == best["decode"] for p in out["pareto"])
+    assert len(pd.read_csv(tmp_path / "all.csv")) == out["configurations"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rate", "-1"], "--rate must be finite and > 0 requests per second"),
+    (["--max-decode", "0"], "--max-decode must be >= 1"),
+    (["--trace", "no/such/trace.csv", "--rate", "1"], "no/such/trace.csv"),
+])
+def test_provision_bad_input_is_one_line(args, message):
+    run = run_provision(*args, timeout=300)
     assert run.returncode == 2
     err = run.stderr.strip()
     assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err

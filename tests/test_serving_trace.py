@@ -250,3 +250,17 @@ def test_poisson_validates(kwargs, field):
     args = dict(n=10, rate=1.0, input_tokens=8, output_tokens=8) | kwargs
     with pytest.raises(ValueError, match=field):
         tr.poisson(**args)
+
+
+def test_resample_draws_lengths_from_the_trace_at_a_poisson_rate():
+    source = tr.Trace(np.array([0.0, 5.0, 9.0]), np.array([10, 200, 3000]), np.array([1, 7, 90]), "mine")
+    out = tr.resample(source, 50.0, n=20_000, seed=4)
+    assert len(out) == 20_000 and out.name == "mine~poisson@50rps"
+    assert set(out.input_tokens) == {10, 200, 3000} and set(out.output_tokens) <= {1, 7, 90}
+    gaps = np.diff(out.arrival_s)
+    # Exponential gaps of mean 1/50 s: mean within 3 standard errors, coefficient of variation ~1.
+    assert abs(gaps.mean() - 0.02) < 3 * 0.02 / np.sqrt(len(gaps))
+    assert abs(gaps.std() / gaps.mean() - 1.0) < 0.03
+    assert len(tr.resample(source, 1.0)) == 3  # as many requests as the trace by default
+    with pytest.raises(ValueError, match="resample: rate must be finite and > 0"):
+        tr.resample(source, 0.0)
