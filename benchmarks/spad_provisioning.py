@@ -18,7 +18,7 @@ cluster running coding): the highest rate meeting the SLOs, and the fewest Split
 H100 machines for that rate.
 
     python benchmarks/spad_provisioning.py [--fidelity systolic|roofline] [--traces code conv]
-        [--arrivals poisson|scaled] [--seed 0] [--no-realloc]
+        [--arrivals poisson|scaled] [--seed 0] [--calibration ideal|h100-vllm|FILE] [--no-realloc]
 
 Runtime on 2 CPU cores: about 10-20 minutes (each provisioning simulates 60-120 whole-trace
 cluster configurations in a few batches).
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--traces", nargs="+", default=["code", "conv"], choices=("code", "conv"))
     parser.add_argument("--max-machines", type=int, default=40)
     parser.add_argument("--arrivals", default="poisson", choices=("poisson", "scaled"))
+    parser.add_argument("--calibration", default="ideal", help="efficiency set of the iteration times (e.g. h100-vllm)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and length draws")
     parser.add_argument("--no-realloc", action="store_true", help="skip Table 7")
     args = parser.parse_args()
@@ -74,9 +75,10 @@ def main() -> None:
     arch = jm.load_model("bloom-176b")
     wl = jm.Workload(batch=1.0, input_tokens=1.0, output_tokens=1.0, tp=8, dtype="fp16")
     h100, pre_chip, dec_chip = (jm.load_hardware(n) for n in ("h100-sxm", "spad-prefill", "spad-decode"))
-    setup = pv.Setup(arch, wl, h100, fidelity=args.fidelity)
+    setup = pv.Setup(arch, wl, h100, jm.load_calibration(args.calibration), args.fidelity)
     ref_cost, ref_tdp = pv.machine_price(h100)
-    print(f"BLOOM-176B fp16 TP8, 8-chip machines, {RATE:g} req/s, Normal SLOs, fidelity {args.fidelity}")
+    print(f"BLOOM-176B fp16 TP8, 8-chip machines, {RATE:g} req/s ({args.arrivals} arrivals), Normal SLOs, "
+          f"fidelity {args.fidelity}, calibration {args.calibration}")
     for name, system in (("H100", h100), ("SPAD prefill", pre_chip), ("SPAD decode", dec_chip)):
         c, p = pv.machine_price(system)
         print(f"  {name:13s} machine: ${c:,.0f} ({c / ref_cost:.2f} H100), {p / 1e3:.2f} kW ({p / ref_tdp:.2f} H100)")

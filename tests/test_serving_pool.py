@@ -331,3 +331,17 @@ def test_decode_run_stops_where_a_request_joins(arrival_b):
     # Events: 2 routings, 2 run ends.
     results = _oracle([0.0, arrival_b], [0, 0], [4, 2], [1, 1], context=[3, 3], chunked=False)
     _expect(results, routed=[0.0, arrival_b], first=[0.0, arrival_b], done=[5.5, 5.5], machine=[0, 0], events=4)
+
+
+def test_routing_prefers_the_shortest_prefill_queue_over_memory():
+    # Capacity 100 each. A only decodes (reserve 50) -> machine 0 (both empty). B prefills 20
+    # tokens (reserve 2): no prompt queued anywhere, so the lower load wins -> machine 1. C (4
+    # tokens) at 0.1: machine 1 still has B's 20 tokens to prefill, machine 0 none -> machine 0,
+    # although machine 1 has far more room (by memory alone C would queue behind B's prompt).
+    ref, jax_res = _oracle([0.0, 0.0, 0.1], [0, 20, 4], [10, 1, 1], [50, 2, 2], context=[5, 0, 0],
+                           capacity=(100.0, 100.0), kind=(0, 0), chunked=True)
+    np.testing.assert_array_equal(ref.machine, [0, 1, 0])
+    for field in ("routed_s", "first_token_s", "done_s", "machine", "status"):
+        np.testing.assert_array_equal(getattr(jax_res, field), getattr(ref, field))
+    # So C, on the other machine, has its first token before B has finished its prompt.
+    assert ref.first_token_s[2] < ref.first_token_s[1]

@@ -24,7 +24,9 @@ for requests (the most it holds at once, queued or running).
    ``reserved + reserve_q <= capacity``. ``t_e`` is the earliest end of a busy machine's run
    (infinity if none).
 3. If ``q`` is feasible somewhere and ``t_r <= t_e``: route it, at ``now = t_r``, to the
-   feasible machine with the smallest ``reserved / capacity`` (ties: lowest index). A request
+   feasible machine with the fewest prompt tokens still to prefill (its held requests', the
+   running iteration's included: join-shortest-queue by tokens, as SplitwiseSim's
+   ``token_jsq``), then the smallest ``reserved / capacity``, then the lowest index. A request
    with nothing to do here (no prefill, no decode) is routed the same way but finishes on the
    spot without taking a slot or bytes. An idle machine starts a run at once; a busy one
    cuts its running run short at its first iteration boundary at or after ``now`` (at least
@@ -255,7 +257,9 @@ def _step(s: _State, x: _Inputs, iteration_time, slots: int, chunked: bool) -> _
     route = pending & ~reject & jnp.any(feasible) & (t_r <= t_e)
     finish = active & ~reject & ~route
     share = jnp.where(x.present, x.capacity, 1.0)
-    k = jnp.where(route, jnp.argmin(jnp.where(feasible, s.reserved / share, inf)), jnp.argmin(s.end)).astype(itype)
+    pending = jnp.sum(s.prefill, axis=1)  # prompt tokens each machine still has to prefill
+    shortest = feasible & (pending == jnp.min(jnp.where(feasible, pending, jnp.iinfo(itype).max)))
+    k = jnp.where(route, jnp.argmin(jnp.where(shortest, s.reserved / share, inf)), jnp.argmin(s.end)).astype(itype)
     f_q, d_q = x.prefill[q], x.decode[q]
     nothing = route & (f_q == 0) & (d_q == 0)  # finishes on the spot, takes no slot
     place = route & ~nothing

@@ -72,9 +72,10 @@ class Machine:
         return self.end < math.inf
 
     @property
-    def load(self) -> float:
-        """Fraction of the capacity reserved: routing picks the least loaded machine."""
-        return self.reserved / self.capacity
+    def load(self) -> tuple[int, float]:
+        """Routing picks the machine with the fewest prompt tokens left to prefill, then the
+        smallest fraction of its capacity reserved."""
+        return sum(r.prefill_left for r in self.held), self.reserved / self.capacity
 
     def can_take(self, reserve: float) -> bool:
         """A free slot and room for the reservation (the step-2 feasibility test)."""
