@@ -271,7 +271,7 @@ def cmd_provision(args) -> int:
     for name in ("max_prefill", "max_decode", "max_machines"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
-    source = tr.azure(args.trace) if args.trace in tr.TRACES + ("coding", "conversation") else tr.load_csv(args.trace)
+    source = tr.azure(args.trace) if args.trace.lower() in tr.AZURE_NAMES else tr.load_csv(args.trace)
     if args.requests is not None:
         source = source.head(args.requests)
     trace = tr.resample(source, args.rate, seed=args.seed) if args.arrivals == "poisson" else tr.rescale(source,

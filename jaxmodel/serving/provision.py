@@ -31,7 +31,7 @@ from ..hardware import System
 from ..workload import Workload
 from . import cluster as cl
 from .slo import attainment, slo_of
-from .trace import Trace
+from .trace import Trace, rescale
 
 # Compiled once per model, chips, settings and batch shape: models and chips are traced
 # arguments, so studies that change only numbers reuse the program.
@@ -68,12 +68,10 @@ def machine_price(system: System) -> tuple[float, float]:
 
 
 def requests_of(trace: Trace, rates=None) -> cl.Requests:
-    """The trace as arrays; with ``rates``, one row of arrival times per rate (rescaled as
-    :func:`jaxmodel.serving.trace.rescale` does)."""
-    arrival = np.asarray(trace.arrival_s, float)
-    if rates is not None:
-        base = trace.rate
-        arrival = (arrival[None, :] - arrival[0]) * (base / np.asarray(rates, float)[:, None]) + arrival[0]
+    """The trace as arrays; with ``rates``, one row of arrival times per rate (the trace
+    through :func:`~jaxmodel.serving.trace.rescale` at that rate)."""
+    arrival = (np.asarray(trace.arrival_s, float) if rates is None
+               else np.stack([rescale(trace, rate).arrival_s for rate in np.asarray(rates, float)]))
     return cl.Requests(jnp.asarray(arrival), jnp.asarray(trace.input_tokens), jnp.asarray(trace.output_tokens))
 
 
@@ -200,9 +198,12 @@ def max_rate(trace: Trace, setup: Setup, simulate, rates, slo="normal", refine: 
         att = attainment(simulate(np.asarray(rs, float)), base, slo)
         return _table(att, {"rate (req/s)": np.asarray(rs, float)})
 
+    def leading_ok(t):  # how many of the rates, from the lowest, all meet the SLOs
+        ok = t["meets"].to_numpy()
+        return len(ok) if ok.all() else int(np.argmin(ok))
+
     table = run(rates)
-    meets = table["meets"].to_numpy()
-    n_ok = int(np.argmin(meets)) if not meets.all() else len(meets)
+    n_ok = leading_ok(table)
     if n_ok == 0:
         return 0.0, table
     best = float(rates[n_ok - 1])
@@ -210,8 +211,7 @@ def max_rate(trace: Trace, setup: Setup, simulate, rates, slo="normal", refine: 
         finer = np.linspace(best, float(rates[n_ok]), refine + 2)[1:-1]
         more = run(finer)
         table = pd.concat([table, more], ignore_index=True)
-        ok = more["meets"].to_numpy()
-        k = int(np.argmin(ok)) if not ok.all() else len(ok)
+        k = leading_ok(more)
         if k:
             best = float(finer[k - 1])
     return best, table.sort_values("rate (req/s)", ignore_index=True)

@@ -57,6 +57,7 @@ def attainment(lat: Latencies, baseline: tuple[jax.Array, jax.Array], slo="norma
     """Percentiles of the TTFT and TBT slowdowns over the requests (last axis) against
     ``baseline`` = (TTFT, TBT) of each request alone (:func:`jaxmodel.serving.cluster.unbatched`)."""
     limits = slo_of(slo)
+
     def slowdown(x, alone):  # alone: one value per request, shared by every configuration
         alone = jnp.asarray(alone)
         return x / alone.reshape((1,) * (jnp.ndim(x) - jnp.ndim(alone)) + jnp.shape(alone))

@@ -39,7 +39,8 @@ import pandas as pd
 
 #: Names of the bundled Azure traces accepted by :func:`azure`.
 TRACES = ("code", "conv")
-_ALIASES = {"code": "code", "coding": "code", "conv": "conv", "conversation": "conv"}
+#: Names (case-insensitive) :func:`azure` accepts, with the trace each stands for.
+AZURE_NAMES = {"code": "code", "coding": "code", "conv": "conv", "conversation": "conv"}
 
 #: Environment variable naming the shared data folder (the one holding ``azure-llm-trace-2023``).
 DATA_ENV = "JAXMODEL_SHARED_DATA"
@@ -221,9 +222,9 @@ def azure(kind: str, data_dir: str | os.PathLike | None = None) -> Trace:
     holding the CSV files themselves); by default ``$JAXMODEL_SHARED_DATA``, else the
     checkout's sibling ``shared/data``.
     """
-    key = _ALIASES.get(str(kind).lower()) if isinstance(kind, str) else None
+    key = AZURE_NAMES.get(str(kind).lower()) if isinstance(kind, str) else None
     if key is None:
-        raise ValueError(f"azure: kind must be one of {sorted(_ALIASES)} (got {kind!r})")
+        raise ValueError(f"azure: kind must be one of {sorted(AZURE_NAMES)} (got {kind!r})")
     root = Path(data_dir) if data_dir is not None else _default_data_dir()
     filename = _AZURE_FILE.format(kind=key)
     candidates = [root / _AZURE_DIR / filename, root / filename]
