@@ -15,6 +15,13 @@
     jaxmodel provision --trace conv --rate 70 --prefill-chip spad-prefill --decode-chip spad-decode
                                       cheapest prefill + decode cluster meeting SPAD's latency SLOs
                                       on a trace (or --mode colocated for chunked prefill)
+    jaxmodel sweep my_sweep.yaml --out sweep_out
+                                      evaluate a YAML/JSON sweep spec to parquet in chunks, sharded
+                                      over all devices; rerun to resume after an interruption
+    jaxmodel plot roofline --model llama-3-8b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+                  --output-tokens 256 --out roofline.png
+                                      figures: roofline, breakdown, memory, tornado (one design
+                                      point) and pareto (--results of a sweep)
     jaxmodel list                     available models, hardware and calibrations
 
 Errors are reported as one line on stderr with exit status 2.
@@ -41,9 +48,18 @@ PREDICT_EXAMPLE = """example:
 def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="metrics of one design point",
                        epilog=PREDICT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _design_point_arguments(p)
+    p.add_argument("--chunk-tokens", type=int, help="also report a chunked-prefill step with this chunk size")
+    p.add_argument("--breakdown", action="store_true", help="print the per-operator table")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _design_point_arguments(p, batch: bool = True) -> None:
+    """Model, hardware, workload, calibration and fidelity arguments (predict, plot)."""
     p.add_argument("--model", required=True, help="preset name or path to a HuggingFace config.json")
     p.add_argument("--hardware", required=True, help="hardware preset (see `jaxmodel list`)")
-    p.add_argument("--batch", type=int, required=True, help="concurrent sequences")
+    if batch:
+        p.add_argument("--batch", type=int, required=True, help="concurrent sequences")
     p.add_argument("--input-tokens", type=int, required=True, help="prompt tokens per sequence")
     p.add_argument("--output-tokens", type=int, required=True, help="generated tokens per sequence")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
@@ -64,21 +80,24 @@ def _predict_parser(sub) -> None:
     p.add_argument("--sequence-parallel", action="store_true",
                    help="TP all-reduces become reduce-scatter + all-gather; norms on 1/tp of the tokens")
     p.add_argument("--memory-utilization", type=float, default=0.9, help="usable fraction of device memory")
-    p.add_argument("--chunk-tokens", type=int, help="also report a chunked-prefill step with this chunk size")
-    p.add_argument("--breakdown", action="store_true", help="print the per-operator table")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def cmd_predict(args) -> int:
+def _design_point(args):
+    """``(arch, workload, system, efficiency)`` from :func:`_design_point_arguments`."""
     arch = presets.load_model(args.model)
     system = presets.load_hardware(args.hardware)
     eff = presets.load_calibration(args.calibration)
     wl = Workload(
-        batch=args.batch, input_tokens=args.input_tokens, output_tokens=args.output_tokens, tp=args.tp,
-        pp=args.pp, ep=args.ep, dtype=args.dtype, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
+        batch=args.batch if "batch" in args else 1, input_tokens=args.input_tokens, output_tokens=args.output_tokens,
+        tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
         attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens, sequence_parallel=args.sequence_parallel,
-        memory_utilization=args.memory_utilization, chunk_tokens=args.chunk_tokens or 512,
+        memory_utilization=args.memory_utilization, chunk_tokens=getattr(args, "chunk_tokens", None) or 512,
     )
+    return arch, wl, system, eff
+
+
+def cmd_predict(args) -> int:
+    arch, wl, system, eff = _design_point(args)
     result = predict(arch, wl, system, eff, chunked_step=args.chunk_tokens is not None, fidelity=args.fidelity)
     result.update(model=args.model, hardware=args.hardware, calibration=args.calibration, fidelity=args.fidelity)
     if args.json:
@@ -160,6 +179,9 @@ def _price(text: str) -> tuple[str, float]:
 
 
 def cmd_bench(args) -> int:
+    for name in ("points", "chunk_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
     result = bench.run(points=args.points, chunk_size=args.chunk_size, with_genz=not args.no_genz)
     if args.json:
         print(json.dumps(result))
@@ -174,6 +196,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_explore(args) -> int:
+    if args.resolution < 2:
+        raise ValueError(f"--resolution must be >= 2 values per axis (got {args.resolution})")
+    for name in ("ttft_ms", "tpot_ms", "input_tokens", "output_tokens"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)})")
     cfg = explore.ExploreConfig(model=args.model, hardware=args.hardware, input_tokens=args.input_tokens,
                                 output_tokens=args.output_tokens, ttft_slo_s=args.ttft_ms / 1e3,
                                 tpot_slo_s=args.tpot_ms / 1e3, resolution=args.resolution, out_dir=args.out)
@@ -321,6 +348,70 @@ def cmd_provision(args) -> int:
     return 0
 
 
+SWEEP_EXAMPLE = """examples:
+  jaxmodel sweep my_sweep.yaml --out sweep_out          # rerun the same command to resume
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 jaxmodel sweep my_sweep.yaml --out sweep_out
+
+A spec (YAML or JSON) names a base point and the leaves to vary; see jaxmodel/sweep_spec.py:
+  model: llama-3-70b
+  hardware: h100-sxm
+  workload: {batch: 8, input_tokens: 2048, output_tokens: 256, tp: 8}
+  grid:
+    system.chip.mem_bw_Bps: {linspace: [1.0e12, 8.0e12, 50]}   # or values/geomspace/range, or a list
+    workload.batch: [1, 8, 64]
+  sample: {method: lhs, points: 10000, seed: 0,                 # or random; times every grid point
+           parameters: {system.chip.tensor_flops.bf16: {loguniform: [2.0e14, 2.5e15]}}}
+  constraints: ["status == 0", "tpot_s <= 0.04"]
+  metrics: [ttft_s, tpot_s, throughput_per_device_tok_s, memory_bytes]
+
+Results: out/parts/*.parquet (one per chunk, SI units), read with
+jaxmodel.sweep_run.load_results(out); plot with `jaxmodel plot pareto --results out ...`.
+The points are sharded over every local device; with --distributed, over every process
+started by jax.distributed (each takes its share of chunks)."""
+
+
+def _sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="evaluate a sweep spec to parquet, chunk by chunk, resumable",
+                       epilog=SWEEP_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("spec", help="sweep spec, .yaml/.yml or .json")
+    s.add_argument("--out", required=True, help="directory of the results (created; resumed if it holds this sweep)")
+    s.add_argument("--overwrite", action="store_true", help="discard results of a different sweep in --out")
+    s.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host; cluster settings from the environment)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    s.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def cmd_sweep(args) -> int:
+    import jax
+
+    from . import sweep_run
+    from .sweep_spec import load_spec
+
+    if args.distributed:
+        jax.distributed.initialize()
+    spec = load_spec(args.spec)
+    if not args.json:
+        print(f"{spec.total:,} points ({len(spec.paths)} parameters), chunks of {spec.chunk_size:,}, on "
+              f"{jax.local_device_count()} {jax.default_backend()} device(s) x {jax.process_count()} process(es)",
+              file=sys.stderr)
+    try:
+        summary = sweep_run.run(spec, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        done = len(sweep_run.completed_chunks(args.out))
+        print(f"jaxmodel: interrupted with {done} chunk(s) written to {args.out}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    result = {**summary._asdict(), "points_per_s": summary.points_per_s, "out": str(args.out)}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{summary.evaluated:,} points evaluated in {summary.run_s:.2f} s ({summary.points_per_s:,.0f} points/s "
+          f"after {summary.compile_s:.1f} s compiling), {summary.skipped:,} already on disk; "
+          f"{summary.rows_written:,} rows written to {args.out}/parts")
+    return 0
+
+
 def cmd_list(args) -> int:
     print("models:      ", " ".join(presets.list_models()))
     print("hardware:    ", " ".join(presets.list_hardware()))
@@ -328,8 +419,126 @@ def cmd_list(args) -> int:
     return 0
 
 
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+PLOT_EXAMPLE = """examples:
+  jaxmodel plot roofline --model llama-3-8b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+      --output-tokens 256 --out roofline.png
+  jaxmodel plot breakdown --model llama-3-70b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+      --output-tokens 256 --tp 4 --calibration h100-vllm --out breakdown.svg
+  jaxmodel plot memory --model llama-3-70b --hardware h100-sxm --input-tokens 1024 --output-tokens 256 \\
+      --tp 4 --batches 1,8,32,128 --out memory.png
+  jaxmodel plot tornado --model llama-3-8b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+      --output-tokens 256 --metric tpot_s --rel 0.2 --out tornado.pdf
+  jaxmodel plot pareto --results sweep_out --x tpot_s --y throughput_per_device_tok_s --maximize-y \\
+      --feasible --out front.svg
+
+The format follows the suffix of --out: .png, .svg or .pdf. --results takes a `jaxmodel sweep`
+output directory, a CSV file, a parquet file or a directory of parquet files with SI columns.
+"""
+
+
+def _plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="figures: roofline, latency breakdown, memory, sensitivity tornado, Pareto front",
+                       epilog=PLOT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    about = {"roofline": "every operator of one design point on the device's roofline",
+             "breakdown": "time per operator of a prefill and a decode step",
+             "memory": "weights, KV cache and activations per device over batch sizes",
+             "tornado": "one-at-a-time sensitivity of a metric (low/high by --rel, elasticities)",
+             "pareto": "Pareto front of two columns of sweep results"}
+    for kind, text in about.items():
+        k = kinds.add_parser(kind, help=text, description=text, epilog=PLOT_EXAMPLE,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        k.add_argument("--out", required=True, help=f"image file to write ({', '.join(PLOT_FORMATS)})")
+        if kind == "pareto":
+            k.add_argument("--results", required=True, help="CSV, parquet file, or directory of parquet files")
+            k.add_argument("--x", required=True, help="column on the x axis (SI, e.g. tpot_s)")
+            k.add_argument("--y", required=True, help="column on the y axis (SI)")
+            k.add_argument("--maximize-x", action="store_true", help="larger x is better (default: smaller)")
+            k.add_argument("--maximize-y", action="store_true", help="larger y is better (default: smaller)")
+            k.add_argument("--feasible", action="store_true", help="only rows whose status column is 0")
+            continue
+        _design_point_arguments(k, batch=kind != "memory")
+        if kind == "roofline":
+            k.add_argument("--phase", default="both", choices=["both", "prefill", "decode"])
+        if kind == "memory":
+            k.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
+        if kind == "tornado":
+            k.add_argument("--metric", default="tpot_s", help="metric to perturb (a predict key)")
+            k.add_argument("--rel", type=float, default=0.2, help="relative move of each leaf, in (0, 1)")
+            k.add_argument("--paths", help="comma-separated leaf paths (default: a set for the chip kind)")
+
+
+def cmd_plot(args) -> int:
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, also on machines without a display
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from . import plots, sensitivity, sweep_run
+
+    out = pathlib.Path(args.out)
+    if out.suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"--out {args.out!r}: the suffix picks the format; use one of {', '.join(PLOT_FORMATS)}")
+    if args.kind == "pareto":
+        source = pathlib.Path(args.results)
+        if source.is_dir() and (source / sweep_run.MANIFEST).is_file():
+            df = sweep_run.load_results(source)  # a `jaxmodel sweep` directory
+        elif source.is_dir():
+            parts = sorted(source.glob("*.parquet"))
+            if not parts:
+                raise ValueError(f"--results {args.results!r}: the directory holds no .parquet files")
+            df = pd.concat([pd.read_parquet(f) for f in parts], ignore_index=True)
+        elif not source.is_file():
+            raise ValueError(f"--results {args.results!r}: no such file or directory")
+        elif source.suffix.lower() == ".csv":
+            df = pd.read_csv(source)
+        elif source.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(source)
+        else:
+            raise ValueError(f"--results {args.results!r}: expected a .csv or .parquet file or a directory")
+        for flag, column in (("--x", args.x), ("--y", args.y)):
+            if column not in df.columns:
+                raise ValueError(f"{flag} {column!r} is not a column of {args.results} (have {', '.join(df.columns)})")
+        if args.feasible and "status" not in df.columns:
+            raise ValueError(f"--feasible needs a status column in {args.results}")
+        where = df["status"] == 0 if args.feasible else None
+        fig = plots.pareto_front(df, args.x, args.y, maximize=(args.maximize_x, args.maximize_y), where=where).figure
+    else:
+        arch, wl, system, eff = _design_point(args)
+        if args.kind == "roofline":
+            fig = plots.roofline(arch, wl, system, eff, phase=args.phase, fidelity=args.fidelity).figure
+        elif args.kind == "breakdown":
+            fig = plots.latency_breakdown(arch, wl, system, eff, fidelity=args.fidelity)
+        elif args.kind == "memory":
+            try:
+                batches = [int(b) for b in args.batches.split(",")]
+            except ValueError:
+                raise ValueError(f"--batches must be comma-separated whole numbers (got {args.batches!r})") from None
+            fig = plots.memory_breakdown(arch, wl, system, batches).figure
+        else:
+            paths = args.paths.split(",") if args.paths else None
+            table = sensitivity.one_at_a_time(arch, wl, system, eff, metric=args.metric, paths=paths, rel=args.rel,
+                                              fidelity=args.fidelity)
+            fig = plots.tornado(table, args.metric).figure
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the full usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxmodel", description=__doc__,
+    parser = _Parser(prog="jaxmodel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _predict_parser(sub)
@@ -442,13 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--csv", help="write every simulated configuration to this CSV file")
     v.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sub.add_parser("list", help="available presets")
+    _sweep_parser(sub)
+    _plot_parser(sub)
+    sub.add_parser("list", help="available presets", epilog="example:\n  jaxmodel list",
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser
 
 
-COMMANDS = {"predict": cmd_predict, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore,
+COMMANDS = {"predict": cmd_predict, "sweep": cmd_sweep, "chip": cmd_chip, "bench": cmd_bench, "explore": cmd_explore,
             "calibrate": cmd_calibrate, "size-chip": cmd_size_chip,
-            "provision": cmd_provision, "list": cmd_list}
+            "provision": cmd_provision, "plot": cmd_plot, "list": cmd_list}
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import status
 from .presets import load_hardware, load_model
+from .results import pareto_mask
 from .sweep import grid_sweep
 from .workload import Workload
 
@@ -58,12 +59,7 @@ def best_per_chip(df: pd.DataFrame, cfg: ExploreConfig) -> pd.DataFrame:
 
 def pareto_minimal(chips: pd.DataFrame) -> pd.DataFrame:
     """Chips not dominated in (bandwidth, compute, capacity): none other needs less of all three."""
-    x = chips[[BW, FLOPS, CAP]].to_numpy()
-    keep = []
-    for i in range(len(x)):
-        dominated = np.all(x <= x[i], axis=1) & np.any(x < x[i], axis=1)
-        keep.append(not dominated.any())
-    return chips[np.array(keep, dtype=bool)]
+    return chips[pareto_mask(chips[[BW, FLOPS, CAP]].to_numpy(float), [False, False, False])]
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,13 +1,14 @@
 """The command-line contract (DESIGN.md section 8) and the main job at smoke size."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from jaxmodel.cli import main
+from jaxmodel.cli import COMMANDS, build_parser, main
 
 PREDICT = ["predict", "--model", "llama-3-8b", "--hardware", "a100-sxm-80gb", "--batch", "4",
            "--input-tokens", "512", "--output-tokens", "64", "--tp", "2"]
@@ -46,23 +47,79 @@ def test_errors_are_one_line(capsys, args, message):
     assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err
 
 
-def test_bench_json(capsys):
-    assert main(["bench", "--json", "--points", "20000", "--chunk-size", "4096", "--no-genz"]) == 0
-    out = json.loads(capsys.readouterr().out)
+def jaxmodel(*args, timeout=300, env=None):
+    """Run the command line as a user does: a separate process."""
+    return subprocess.run([sys.executable, "-m", "jaxmodel.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_line_error(run, message):
+    assert run.returncode == 2, run.stdout + run.stderr
+    err = run.stderr.strip()
+    assert err.startswith("jaxmodel") and "error:" in err and message in err and "\n" not in err, err
+
+
+def test_predict_as_a_subprocess():
+    run = jaxmodel(*PREDICT, "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["fits"] is True and out["tpot_s"] > 0
+    assert_one_line_error(jaxmodel(*PREDICT[:-1], "3"), "Workload.tp = 3 must divide Architecture.n_heads = 32")
+
+
+def test_chip_as_a_subprocess():
+    run = jaxmodel("chip", "--hardware", "spad-decode", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["total_cost_usd"] == pytest.approx(out["die_cost_usd"] + out["memory_cost_usd"], rel=1e-6)
+    assert_one_line_error(jaxmodel("chip", "--hardware", "b200"), "need a chip described at microarchitecture level")
+    assert_one_line_error(jaxmodel("chip", "--hardware", "h100-sxm", "--memory-price", "hbm3"),
+                          "expected TECHNOLOGY=USD_PER_GIB")
+
+
+def test_bench_as_a_subprocess():
+    run = jaxmodel("bench", "--json", "--points", "20000", "--chunk-size", "4096", "--no-genz")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
     assert out["points"] >= 10000 and out["points_per_s"] > 0 and out["compile_s"] > 0
+    assert_one_line_error(jaxmodel("bench", "--points", "0"), "--points must be >= 1 (got 0)")
 
 
-def test_explore_smoke(tmp_path, capsys):
-    assert main(["explore", "--resolution", "4", "--out", str(tmp_path)]) == 0
-    text = capsys.readouterr().out
-    assert "best chips" in text and "reference h100-sxm" in text
+def test_explore_as_a_subprocess(tmp_path):
+    run = jaxmodel("explore", "--resolution", "4", "--out", tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "best chips" in run.stdout and "reference h100-sxm" in run.stdout
     assert (tmp_path / "explore.png").stat().st_size > 10_000
     assert (tmp_path / "best_per_chip.csv").exists()
+    assert_one_line_error(jaxmodel("explore", "--resolution", "1"), "--resolution must be >= 2")
 
 
-def test_list(capsys):
-    assert main(["list"]) == 0
-    assert "llama-3-70b" in capsys.readouterr().out
+def test_list_as_a_subprocess():
+    run = jaxmodel("list")
+    assert run.returncode == 0 and "llama-3-70b" in run.stdout and "h100-vllm" in run.stdout
+    assert_one_line_error(jaxmodel("list", "--colour"), "unrecognized arguments: --colour")
+
+
+def test_size_chip_as_a_subprocess():
+    # Compile time dominates this small problem; XLA's cheaper optimization level halves it.
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    run = jaxmodel("size-chip", "--scale", "smoke", "--starts", "2", "--json", env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["phase"] == "prefill" and out["feasible"] and all(v <= 1.0 + 1e-6 for v in out["constraints"].values())
+
+
+def test_every_command_has_help_with_examples_and_a_subprocess_test():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == set(COMMANDS)
+    for name, sub in commands.items():
+        assert "example" in sub.format_help(), f"`jaxmodel {name} --help` shows no example"
+    tested = {"predict", "chip", "bench", "explore", "list", "size-chip", "provision"}  # this file
+    tested |= {"calibrate"}  # tests/test_calibration_sets.py
+    tested |= {"sweep"}  # tests/test_sweep_spec.py
+    tested |= {"plot"}  # tests/test_plots.py
+    assert tested == set(COMMANDS)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -70,11 +127,7 @@ def test_list(capsys):
     (["--starts", "0"], "SolverSettings.starts must be >= 1"),
 ])
 def test_size_chip_bad_input_is_one_line(args, message):
-    run = subprocess.run([sys.executable, "-m", "jaxmodel.cli", "size-chip", "--scale", "smoke", *args],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2
-    err = run.stderr.strip()
-    assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err
+    assert_one_line_error(jaxmodel("size-chip", "--scale", "smoke", *args), message)
 
 
 def run_provision(*args, timeout=600):
