@@ -14,6 +14,10 @@ Definitions (SI units; "batch" is the whole batch of ``wl.batch`` sequences):
                               batch · output_tokens / e2e_latency_s
     decode_throughput_tok_s   batch / tpot_s (GenZ's μ_thr)
 
+With beam search (``wl.beam_width`` = S_b > 1) a decode step runs batch · S_b sequences, and
+the KV cache holds each prompt once plus every beam's generated tokens; throughput still
+counts one output sequence (the best beam) per request.
+
 With a microarchitecture-level chip (:class:`~jaxmodel.hardware.SystolicChip`) the metrics
 also price the point (:mod:`jaxmodel.cost`): die_area_mm2, total_cost_usd (one chip),
 tdp_w, prefill_energy_j and decode_step_energy_j (all devices, wall energy),
@@ -108,17 +112,24 @@ def decode(arch, wl, system, eff, sharpness=None, fidelity="roofline", context=N
     over the decode, :func:`decode_context`)."""
     m = micro_batches(wl)
     context = decode_context(wl) if context is None else context
-    r = run_step(arch, wl, system, eff, ops.decode_step(wl, wl.batch / m, context), sharpness, fidelity,
+    sequences = decode_sequences(wl)
+    r = run_step(arch, wl, system, eff, ops.decode_step(wl, sequences / m, context), sharpness, fidelity,
                  groups=("decode",))
-    return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)) + eff.host_overhead_s(wl.batch), r
+    return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)) + eff.host_overhead_s(sequences), r
+
+
+def decode_sequences(wl: Workload) -> jax.Array:
+    """Sequences in a decode step: every beam of every request."""
+    return wl.batch * wl.beam_width
 
 
 def chunked(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple[jax.Array, StepResult]:
     """One Sarathi step: a prompt chunk of ``wl.chunk_tokens`` plus a decode batch of
     ``wl.batch`` sequences at the mean decode context (no pipeline micro-batching)."""
-    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, wl.batch, decode_context(wl)), sharpness, fidelity)
+    sequences = decode_sequences(wl)
+    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, sequences, decode_context(wl)), sharpness, fidelity)
     # The prompt chunk is one more sequence in the step.
-    return single_pass_s(r) + eff.host_overhead_s(wl.batch + 1.0), r
+    return single_pass_s(r) + eff.host_overhead_s(sequences + 1.0), r
 
 
 def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
@@ -143,7 +154,9 @@ def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
 def memory_metrics(arch, wl, system, prefill_result: StepResult) -> dict[str, jax.Array]:
     m = micro_batches(wl)
     weights = memory.weight_bytes_per_device(arch, wl)
-    kv = memory.kv_cache_bytes_per_device(arch, wl, wl.batch, wl.input_tokens + wl.output_tokens)
+    # Beams share their prompt's cache; each extra beam keeps its own generated tokens'.
+    kv = (memory.kv_cache_bytes_per_device(arch, wl, wl.batch, wl.input_tokens + wl.output_tokens)
+          + memory.kv_cache_bytes_per_device(arch, wl, wl.batch * (wl.beam_width - 1.0), wl.output_tokens))
     acts = memory.activation_bytes(prefill_result.table, arch, wl, wl.batch / m * wl.input_tokens)
     total = weights + kv + acts
     usable = system.chip.mem_capacity_bytes * wl.memory_utilization

@@ -56,6 +56,10 @@ class Workload(eqx.Module):
             ``gpu_memory_utilization`` is 0.9).
         chunk_tokens: prompt tokens in the prefill chunk of a chunked (Sarathi) step.
         chunk_prior_tokens: tokens of that prompt already prefilled by earlier chunks.
+        beam_width: beams kept per sequence by beam search (1: greedy or sampled decoding).
+            Every decode step runs ``batch · beam_width`` sequences; the beams share their
+            prompt's KV cache and each keeps its own generated tokens' (GenZ Sec. III:
+            ``2·B·(τ_p + S_b·τ_d)`` KV entries per layer and KV head dimension).
     """
 
     compute_dtype: str = eqx.field(static=True)
@@ -75,6 +79,7 @@ class Workload(eqx.Module):
     memory_utilization: jax.Array
     chunk_tokens: jax.Array
     chunk_prior_tokens: jax.Array
+    beam_width: jax.Array
 
     def __init__(
         self,
@@ -98,6 +103,7 @@ class Workload(eqx.Module):
         act_bytes=None,
         kv_bytes=None,
         compute_dtype: str | None = None,
+        beam_width=1,
     ):
         o = "Workload"
         _checks.one_of(dtype, ACTIVATION_DTYPES, o, "dtype")
@@ -121,11 +127,11 @@ class Workload(eqx.Module):
             batch=batch, input_tokens=input_tokens, output_tokens=output_tokens, tp=tp, pp=pp,
             ep=ep, weight_bytes=weight_bytes, act_bytes=act_bytes, kv_bytes=kv_bytes,
             memory_utilization=memory_utilization, chunk_tokens=chunk_tokens,
-            chunk_prior_tokens=chunk_prior_tokens,
+            chunk_prior_tokens=chunk_prior_tokens, beam_width=beam_width,
         )
         for name, value in values.items():
             setattr(self, name, _checks.as_float(value, o, name))
-        for name in ("batch", "input_tokens", "output_tokens", "tp", "pp", "ep", "chunk_tokens"):
+        for name in ("batch", "input_tokens", "output_tokens", "tp", "pp", "ep", "chunk_tokens", "beam_width"):
             _checks.positive(getattr(self, name), o, name, integer=True)
         _checks.non_negative(self.chunk_prior_tokens, o, "chunk_prior_tokens", integer=True)
         for name in ("weight_bytes", "act_bytes", "kv_bytes"):
