@@ -113,8 +113,9 @@ def decode(arch, wl, system, eff, sharpness=None, fidelity="roofline", context=N
     m = micro_batches(wl)
     context = decode_context(wl) if context is None else context
     sequences = decode_sequences(wl)
-    r = run_step(arch, wl, system, eff, ops.decode_step(wl, sequences / m, context), sharpness, fidelity,
-                 groups=("decode",))
+    # Attention reads only the cached tokens a KV-pruning policy keeps.
+    r = run_step(arch, wl, system, eff, ops.decode_step(wl, sequences / m, context * wl.kv_keep), sharpness,
+                 fidelity, groups=("decode",))
     return jnp.maximum(single_pass_s(r), m * stage_s(r, arch, wl)) + eff.host_overhead_s(sequences), r
 
 
@@ -127,7 +128,7 @@ def chunked(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple
     """One Sarathi step: a prompt chunk of ``wl.chunk_tokens`` plus a decode batch of
     ``wl.batch`` sequences at the mean decode context (no pipeline micro-batching)."""
     sequences = decode_sequences(wl)
-    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, sequences, decode_context(wl)), sharpness, fidelity)
+    r = run_step(arch, wl, system, eff, ops.chunked_step(wl, sequences, decode_context(wl) * wl.kv_keep), sharpness, fidelity)
     # The prompt chunk is one more sequence in the step.
     return single_pass_s(r) + eff.host_overhead_s(sequences + 1.0), r
 

@@ -41,7 +41,7 @@ def weight_bytes_per_device(arch: Architecture, wl: Workload) -> jax.Array:
     lm_head = (1.0 - arch.tied_embeddings) * arch.vocab_size * d / tp + NORM_PARAMS[arch.norm] * d
     # A single stage holds both ends; otherwise the first holds the embedding, the last the head.
     ends = jnp.where(wl.pp > 1, jnp.maximum(embedding, lm_head), embedding + lm_head)
-    return (stage_layer_fraction(arch, wl) * layers + ends) * wl.weight_bytes
+    return (stage_layer_fraction(arch, wl) * layers + ends) * wl.stored_weight_bytes
 
 
 def kv_elements_per_token_layer(arch: Architecture, wl: Workload) -> jax.Array:
@@ -53,7 +53,9 @@ def kv_elements_per_token_layer(arch: Architecture, wl: Workload) -> jax.Array:
 
 
 def kv_cache_bytes_per_device(arch: Architecture, wl: Workload, batch, context) -> jax.Array:
-    """KV cache of ``batch`` sequences holding ``context`` tokens each, on the fullest device."""
+    """KV cache of ``batch`` sequences holding ``context`` tokens each (of which a KV-pruning
+    policy keeps ``wl.kv_keep``), on the fullest device."""
+    context = context * wl.kv_keep
     window = arch.sliding_window
     windowed = jnp.where(window > 0, jnp.minimum(context, window), context)
     token_layers = (arch.n_layers - arch.n_sliding_layers) * context + arch.n_sliding_layers * windowed

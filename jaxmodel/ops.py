@@ -257,7 +257,7 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     dtype = jnp.result_type(arch.d_model, wl.batch, step.tokens)
     rows = _Rows(dtype)
     tp, ep = wl.tp, wl.ep
-    a, w = wl.act_bytes, wl.weight_bytes
+    a, w = wl.act_bytes, wl.stored_weight_bytes
     d = arch.d_model
     layers = arch.n_layers
     tokens = step.tokens / ep  # data-parallel attention: each EP rank serves 1/ep of the batch
@@ -387,7 +387,7 @@ def _window_classes(arch: Architecture):
 
 
 def _gqa_attention(rows, arch, wl, step, tokens, heads, groups):
-    a, w = wl.act_bytes, wl.weight_bytes
+    a, w = wl.act_bytes, wl.stored_weight_bytes
     d, hd, layers, tp = arch.d_model, arch.head_dim, arch.n_layers, wl.tp
     # KV heads are split over TP ranks, or replicated when there are fewer than ranks.
     kv_heads = jnp.maximum(arch.n_kv_heads / tp, 1.0)
@@ -427,7 +427,7 @@ def _mla_attention(rows, arch, wl, step, tokens, heads, groups):
     up-projected to per-head keys and values); decode tokens use the absorbed form
     (queries projected into the latent space, attention over the latent cache), as vLLM does.
     """
-    a, w, d, layers = wl.act_bytes, wl.weight_bytes, arch.d_model, arch.n_layers
+    a, w, d, layers = wl.act_bytes, wl.stored_weight_bytes, arch.d_model, arch.n_layers
     nope, rope, vd, kvr, qr = (arch.qk_nope_head_dim, arch.qk_rope_head_dim, arch.v_head_dim,
                                arch.kv_lora_rank, arch.q_lora_rank)
     qk = nope + rope
@@ -483,7 +483,7 @@ def expected_experts_touched(tokens, n_experts, top_k):
 
 
 def _moe(rows, arch, wl, step, tokens):
-    a, w, d, tp, ep = wl.act_bytes, wl.weight_bytes, arch.d_model, wl.tp, wl.ep
+    a, w, d, tp, ep = wl.act_bytes, wl.stored_weight_bytes, arch.d_model, wl.tp, wl.ep
     n_moe, up, k = arch.n_moe_layers, arch.ffn_up_matrices, arch.top_k
     act_flops = ACTIVATION_FLOPS[arch.activation]
     rows.matmul("router", "moe", repeat=n_moe, m=tokens, n=arch.n_experts, k=d, w_bytes=w, a_bytes=a)
@@ -514,7 +514,7 @@ def _moe(rows, arch, wl, step, tokens):
 
 
 def _embedding_and_head(rows, arch, wl, step, tokens):
-    a, w, d, tp = wl.act_bytes, wl.weight_bytes, arch.d_model, wl.tp
+    a, w, d, tp = wl.act_bytes, wl.stored_weight_bytes, arch.d_model, wl.tp
     one = jnp.ones_like(d)
     vocab = arch.vocab_size
     # Vocabulary-parallel embedding: each TP rank looks up the rows it owns, then all-reduce.

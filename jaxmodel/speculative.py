@@ -71,7 +71,7 @@ def verify(arch: Architecture, wl: Workload, system: System, eff: Efficiency, to
     m = inference.micro_batches(wl)
     per_batch = wl.batch / m
     zero = jnp.zeros_like(context)
-    step = ops.Step(per_batch, tokens, context, zero, zero, per_batch * tokens)
+    step = ops.Step(per_batch, tokens, context * wl.kv_keep, zero, zero, per_batch * tokens)
     r = inference.run_step(arch, wl, system, eff, step, sharpness, fidelity, groups=("prompt",))
     seconds = jnp.maximum(inference.single_pass_s(r), m * inference.stage_s(r, arch, wl))
     return seconds + eff.host_overhead_s(wl.batch), r

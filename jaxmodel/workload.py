@@ -60,6 +60,11 @@ class Workload(eqx.Module):
             Every decode step runs ``batch · beam_width`` sequences; the beams share their
             prompt's KV cache and each keeps its own generated tokens' (GenZ Sec. III:
             ``2·B·(τ_p + S_b·τ_d)`` KV entries per layer and KV head dimension).
+        kv_keep: fraction of cached tokens a KV-pruning policy keeps (1: no pruning); decode
+            attention reads, and the cache stores, that share of the context.
+        weight_density: fraction of weight bytes stored and streamed under weight sparsity
+            (1: dense); FLOPs are unchanged (GenZ Table V). Fold a sparse format's index
+            overhead in, e.g. 2:4 sparsity of 16-bit weights with 2-bit indices: 0.5625.
     """
 
     compute_dtype: str = eqx.field(static=True)
@@ -80,6 +85,8 @@ class Workload(eqx.Module):
     chunk_tokens: jax.Array
     chunk_prior_tokens: jax.Array
     beam_width: jax.Array
+    kv_keep: jax.Array
+    weight_density: jax.Array
 
     def __init__(
         self,
@@ -104,6 +111,8 @@ class Workload(eqx.Module):
         kv_bytes=None,
         compute_dtype: str | None = None,
         beam_width=1,
+        kv_keep=1.0,
+        weight_density=1.0,
     ):
         o = "Workload"
         _checks.one_of(dtype, ACTIVATION_DTYPES, o, "dtype")
@@ -127,7 +136,8 @@ class Workload(eqx.Module):
             batch=batch, input_tokens=input_tokens, output_tokens=output_tokens, tp=tp, pp=pp,
             ep=ep, weight_bytes=weight_bytes, act_bytes=act_bytes, kv_bytes=kv_bytes,
             memory_utilization=memory_utilization, chunk_tokens=chunk_tokens,
-            chunk_prior_tokens=chunk_prior_tokens, beam_width=beam_width,
+            chunk_prior_tokens=chunk_prior_tokens, beam_width=beam_width, kv_keep=kv_keep,
+            weight_density=weight_density,
         )
         for name, value in values.items():
             setattr(self, name, _checks.as_float(value, o, name))
@@ -137,6 +147,13 @@ class Workload(eqx.Module):
         for name in ("weight_bytes", "act_bytes", "kv_bytes"):
             _checks.check_range(getattr(self, name), o, name, low=0.0, high=8.0, low_inclusive=False)
         _checks.fraction(self.memory_utilization, o, "memory_utilization")
+        for name in ("kv_keep", "weight_density"):
+            _checks.check_range(getattr(self, name), o, name, low=0.0, high=1.0, low_inclusive=False)
+
+    @property
+    def stored_weight_bytes(self) -> jax.Array:
+        """Bytes per weight element in memory and on the memory bus (after sparsity)."""
+        return self.weight_bytes * self.weight_density
 
     @property
     def devices(self) -> jax.Array:
