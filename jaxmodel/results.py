@@ -32,11 +32,15 @@ _FLOPS_PREFIXES = ("tensor_flops", "vector_flops", "flops")
 _CHUNK = 2048
 
 
+_LONGEST_FIRST = sorted(UNITS.items(), key=lambda kv: -len(kv[0]))
+
+
 def unit_of(column: str) -> tuple[str, str, float] | None:
-    """``(display name, unit, factor from SI)`` for an SI column, or None if it has no unit."""
-    if column in {"usd_per_mtok"}:
-        return column, "USD/Mtok", 1.0
-    for suffix, (unit, factor) in sorted(UNITS.items(), key=lambda kv: -len(kv[0])):
+    """``(display name, unit, factor from SI)`` for an SI column, or None if it has no unit.
+    A column that is a suffix by itself (``usd_per_mtok``) keeps its whole name."""
+    for suffix, (unit, factor) in _LONGEST_FIRST:
+        if column == suffix[1:]:
+            return column, unit, factor
         if column.endswith(suffix):
             return column[: -len(suffix)], unit, factor
     parts = column.split(".")

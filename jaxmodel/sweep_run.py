@@ -118,6 +118,11 @@ def _chunk_program(spec: SweepSpec, batch: int, mesh: Mesh):
     return compiled, base, offsets
 
 
+def _points_in(spec: SweepSpec, chunk: int) -> int:
+    """Points of chunk ``chunk`` (the last one may be short)."""
+    return min(spec.chunk_size, spec.total - chunk * spec.chunk_size)
+
+
 def _table(spec: SweepSpec, out: dict, start: int, n: int) -> pa.Table:
     columns = {"point": np.arange(start, start + n, dtype=np.int64)}
     for name in spec.paths + spec.metrics:
@@ -125,7 +130,7 @@ def _table(spec: SweepSpec, out: dict, start: int, n: int) -> pa.Table:
     if spec.constraints:
         meets = np.ones(n, dtype=bool)
         for c in spec.constraints:
-            meets &= c.holds({k: np.asarray(v)[:n] for k, v in out.items()})
+            meets &= c.holds(out)[:n]
         columns[MEETS] = meets
         if spec.keep == "satisfied":
             columns = {k: v[meets] for k, v in columns.items()}
@@ -189,10 +194,7 @@ def run(spec: SweepSpec | str | Path | dict, out_dir: str | Path, *, overwrite: 
     done = completed_chunks(out)
     mine = [c for c in range(n_chunks) if c % jax.process_count() == jax.process_index()]
     todo = [c for c in mine if c not in done]
-    skipped = sum(min(chunk_size, spec.total - c * chunk_size) for c in mine if c in done)
-
-    def points_in(c):
-        return min(chunk_size, spec.total - c * chunk_size)
+    skipped = sum(_points_in(spec, c) for c in mine if c in done)
 
     # Pad the compiled batch to a multiple of the device count (extra points are discarded).
     batch = math.ceil(min(chunk_size, spec.total) / len(devices)) * len(devices)
@@ -200,7 +202,7 @@ def run(spec: SweepSpec | str | Path | dict, out_dir: str | Path, *, overwrite: 
     compiled, base, offsets = _chunk_program(spec, batch, mesh)
     compile_s = time.perf_counter() - t0
 
-    bar = Progress(sum(points_in(c) for c in mine), skipped) if progress is True else None
+    bar = Progress(sum(_points_in(spec, c) for c in mine), skipped) if progress is True else None
     report = bar.update if bar else (progress or (lambda n: None))
     rows = 0
     t0 = time.perf_counter()
@@ -233,14 +235,13 @@ def run(spec: SweepSpec | str | Path | dict, out_dir: str | Path, *, overwrite: 
         if bar:
             bar.close()
     run_s = time.perf_counter() - t0
-    evaluated = sum(points_in(c) for c in todo)
+    evaluated = sum(_points_in(spec, c) for c in todo)
     return RunSummary(spec.total, evaluated, skipped, rows, compile_s, run_s, len(devices))
 
 
 def _collect(spec: SweepSpec, out: Path, chunk: int, result, writer) -> tuple[int, concurrent.futures.Future]:
     """Copy a chunk's results to the host and hand its part to the writer thread."""
-    start = chunk * spec.chunk_size
-    n = min(spec.chunk_size, spec.total - start)
+    start, n = chunk * spec.chunk_size, _points_in(spec, chunk)
     host = jax.device_get(result)
 
     def write() -> int:

@@ -30,6 +30,7 @@ on any device, in any order — which is what makes sweeps resumable and shardab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -151,13 +152,18 @@ class SweepSpec:
             values += [d.value(u[..., i]) for i, d in enumerate(self.distributions)]
         return values
 
+    @functools.cached_property
+    def _parameter_program(self):
+        """:meth:`parameter_values` compiled once per spec (per input length), not per call."""
+        return jax.jit(self.parameter_values)
+
     def parameters_at(self, points) -> dict[str, np.ndarray]:
         """Parameter columns of the given point indices, computed as the sweep computes them."""
         points = np.asarray(points, dtype=np.int64)
         if points.size and (points.min() < 0 or points.max() >= self.total):
             raise ValueError(f"point indices must lie in [0, {self.total})")
         dtypes = [_resolve(self.base, p).dtype for p in self.paths]
-        values = _parameter_program(self)(jnp.asarray(points, dtype=jnp.int32))
+        values = self._parameter_program(jnp.asarray(points, dtype=jnp.int32))
         return {p: np.asarray(v.astype(dt)) for p, v, dt in zip(self.paths, values, dtypes)}
 
 
@@ -168,10 +174,6 @@ def join_parameters(df, spec: SweepSpec):
         raise ValueError("join_parameters needs a 'point' column (the sweep's point index)")
     columns = spec.parameters_at(df["point"].to_numpy())
     return df.assign(**{path: values for path, values in columns.items() if path not in df.columns})
-
-
-def _parameter_program(spec: SweepSpec):
-    return jax.jit(spec.parameter_values)
 
 
 # --- counter-based sampling -------------------------------------------------------------------

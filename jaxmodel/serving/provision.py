@@ -28,6 +28,7 @@ from .. import cost
 from ..architectures import Architecture
 from ..efficiency import Efficiency, ideal
 from ..hardware import System
+from ..results import pareto_mask
 from ..workload import Workload
 from . import cluster as cl
 from .slo import attainment, slo_of
@@ -183,9 +184,8 @@ def pareto(table: pd.DataFrame, objectives=(COST, TDP)) -> pd.DataFrame:
     meeting configuration beats on every objective (lower is better; ties kept once),
     sorted by the first objective."""
     feasible = table[table["meets"]].drop_duplicates(subset=list(objectives))
-    x = feasible[list(objectives)].to_numpy(float)
-    dominated = np.array([bool(np.any(np.all(x <= row, axis=1) & np.any(x < row, axis=1))) for row in x], dtype=bool)
-    return feasible[~dominated].sort_values(list(objectives), ignore_index=True)
+    front = pareto_mask(feasible[list(objectives)].to_numpy(float), [False] * len(objectives))
+    return feasible[front].sort_values(list(objectives), ignore_index=True)
 
 
 def max_rate(trace: Trace, setup: Setup, simulate, rates, slo="normal", refine: int = 8) -> tuple[float, pd.DataFrame]:
