@@ -92,8 +92,8 @@ _USE_CASE_FIELDS = ("input_tokens", "output_tokens", "batch", "ttft_s", "tpot_s"
 
 #: GenZ Table III ("Representative Use Cases of LLM models"): prompt/output tokens, beam
 #: width and TTFT (s) / TPOT (ms, converted to s here). The table gives no batch size; we
-#: use 1. Beam width is recorded but NOT modelled: requirements() solves every use case
-#: with beam width 1 unless called with ``beam_search=True``.
+#: use 1. requirements() decodes every beam (``batch · beam_width`` sequences per step, each
+#: beam keeping its own generated tokens' KV) unless called with ``beam_search=False``.
 GENZ_USE_CASES = pd.DataFrame({
     "name": ["Question Answering", "Chat Services", "QA + RAG", "Text Summarization", "Code Generation"],
     "input_tokens": [1000, 3000, 10000, 15000, 20000],
@@ -246,7 +246,7 @@ def requirements(
     base_system: System | None = None,
     efficiency: Efficiency | None = None,
     scale_vector: bool = False,
-    beam_search: bool = False,
+    beam_search: bool = True,
     **workload_options,
 ) -> pd.DataFrame:
     """Minimum platform compute, memory bandwidth and capacity for each use case.
@@ -263,8 +263,8 @@ def requirements(
             reduced to its datasheet.
         efficiency: achieved fractions of peak (default: ideal roofline).
         scale_vector: scale the vector peak with the tensor peak (default: keep the base's).
-        beam_search: pass the ``beam_width`` column to the workload (needs engine support
-            for beam search); by default every use case is solved with beam width 1.
+        beam_search: use the ``beam_width`` column, when ``use_cases`` has one, as the
+            workload's beam width (False: solve every use case with greedy decoding).
         workload_options: further :class:`~jaxmodel.workload.Workload` keywords, e.g.
             ``dtype="fp8"`` (GenZ Fig. 15 assumes FP8 weights and KV cache).
 
@@ -293,9 +293,7 @@ def requirements(
     eff = ideal() if efficiency is None else efficiency
 
     extra = {}
-    if beam_search:
-        if "beam_width" not in cols:
-            raise ValueError("requirements: beam_search=True needs a 'beam_width' column in use_cases")
+    if beam_search and "beam_width" in cols:
         extra["beam_width"] = np.broadcast_to(np.asarray(cols["beam_width"], float), (n,))
     # Validate on the host with concrete values, then batch the leaves for vmap.
     wl = Workload(batch=cols["batch"], input_tokens=cols["input_tokens"], output_tokens=cols["output_tokens"],

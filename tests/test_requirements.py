@@ -55,8 +55,9 @@ def _plug_back(arch, system, rows, scale=1.0):
     def leaf(col):
         return jnp.asarray(rows[col].to_numpy(dtype=float))
 
+    beams = {"beam_width": leaf("beam_width")} if "beam_width" in rows else {}
     wl = jm.Workload(batch=leaf("batch"), input_tokens=leaf("input_tokens"), output_tokens=leaf("output_tokens"),
-                     tp=leaf("tp"), pp=leaf("pp"))
+                     tp=leaf("tp"), pp=leaf("pp"), **beams)
     wl = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), wl)
 
     def one(w, c, b, cap):
@@ -153,6 +154,26 @@ def test_vmap_matches_one_by_one(llama70b, cases, solved):
         one = rq.requirements(llama70b, cases.iloc[i:i + 1])
         for col in ("compute_flops", "mem_bw_Bps", "mem_capacity_bytes", "ttft_s", "tpot_s", "status"):
             np.testing.assert_allclose(one[col].iloc[0], solved[col].iloc[i], rtol=1e-5, err_msg=col)
+
+
+def test_beam_search_use_cases_plug_back(llama70b, h100):
+    """GenZ Table III with its beam widths: every beam decodes and keeps its own KV, so the
+    answer needs at least the greedy answer's bandwidth and capacity, and still meets the targets."""
+    cases = rq.GENZ_USE_CASES.assign(tp=8)
+    beam = rq.requirements(llama70b, cases)
+    greedy = rq.requirements(llama70b, cases, beam_search=False)
+    assert np.all(beam.status == 0) and np.all(greedy.status == 0)
+    out = _plug_back(llama70b, h100, beam)
+    assert np.all(out["ttft_s"] <= 1.01 * beam.ttft_target_s.to_numpy())
+    assert np.all(out["tpot_s"] <= 1.01 * beam.tpot_target_s.to_numpy())
+    np.testing.assert_allclose(beam.mem_capacity_bytes_per_device, out["memory_bytes"] / 0.9, rtol=1e-6)
+    # Extra beams add exactly (S_b - 1) * B * output_tokens cached tokens to the greedy KV.
+    extra_tokens = (cases.beam_width - 1) * cases.batch * cases.output_tokens
+    greedy_tokens = cases.batch * (cases.input_tokens + cases.output_tokens)
+    np.testing.assert_allclose(beam.kv_cache_bytes_per_device / greedy.kv_cache_bytes_per_device,
+                               1.0 + extra_tokens / greedy_tokens, rtol=1e-6)
+    assert np.all(beam.mem_bw_Bps >= greedy.mem_bw_Bps * (1 - 1e-4))
+    assert np.all(beam.mem_capacity_bytes > greedy.mem_capacity_bytes)
 
 
 def test_genz_use_cases_table():
