@@ -1,8 +1,10 @@
-"""LLM architecture description: one pytree for dense, GQA/MQA, MLA, sliding-window and MoE models.
+"""LLM architecture description: one pytree for dense, GQA/MQA, MLA, sliding-window, MoE,
+selective state-space (Mamba-1/Mamba-2) and hybrid (Jamba-style) models.
 
 Only what changes the operator graph is static: the attention family (``gqa`` covers
 multi-head, grouped-query and multi-query attention; ``mla`` is DeepSeek's multi-head latent
-attention), whether MoE layers exist, the FFN form, the activation and the norm. Every size
+attention), whether MoE layers exist, the FFN form, the activation, the norm and the kind of
+state-space mixer (if any). Every size
 is an array leaf, so one compiled program serves every model of a family and sweeps may vary
 any dimension.
 """
@@ -18,6 +20,9 @@ import jax.numpy as jnp
 from . import _checks
 
 ATTENTION_KINDS = ("gqa", "mla")
+#: Selective state-space mixers: Mamba-1 (Gu & Dao 2023, arXiv 2312.00752) and Mamba-2's
+#: state-space duality layer (Dao & Gu 2024, arXiv 2405.21060).
+SSM_KINDS = ("mamba1", "mamba2")
 FFN_KINDS = ("gated", "plain")
 
 #: Vector-unit FLOPs per output element of the FFN activation (gated forms include the
@@ -38,6 +43,8 @@ _NUMERIC_FIELDS = (
     "n_learned_positions", "sliding_window", "n_sliding_layers",
     "n_experts", "top_k", "n_shared_experts", "moe_d_ff", "shared_d_ff", "n_dense_layers",
     "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+    "n_ssm_layers", "ssm_d_state", "ssm_d_conv", "ssm_expand", "ssm_dt_rank", "ssm_head_dim",
+    "ssm_n_groups", "ssm_chunk", "kv_share_group",
 )
 
 
@@ -70,6 +77,22 @@ class Architecture(eqx.Module):
         qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA head widths.
         windowed: (static) whether the op table carries rows for sliding-window layers;
             set automatically when ``n_sliding_layers`` > 0, or pass True to sweep it.
+        ssm: (static) ``None``, ``"mamba1"`` or ``"mamba2"``: the mixer of the SSM layers.
+        n_ssm_layers: layers whose mixer is a selective SSM instead of attention; attention
+            rows repeat ``n_layers - n_ssm_layers`` times (0 for a pure Mamba model, whose
+            attention sizes are then ignored and may be 0). Every layer keeps its FFN (dense
+            or MoE, as for attention layers); ``d_ff = 0`` marks non-MoE layers without one
+            (pure Mamba blocks are mixer + norm only).
+        ssm_d_state: state size N per channel (Mamba-1) or per head (Mamba-2).
+        ssm_d_conv: width of the causal depthwise convolution.
+        ssm_expand: d_inner / d_model (d_inner channels run through the scan).
+        ssm_dt_rank: Mamba-1 rank of the step-size projection (dt_proj input).
+        ssm_head_dim: Mamba-2 head width P (heads = d_inner / P).
+        ssm_n_groups: Mamba-2 groups sharing one B and C (like KV heads in GQA).
+        ssm_chunk: Mamba-2 SSD chunk length Q.
+        kv_share_group: consecutive attention layers sharing one KV cache (cross-layer
+            attention, Brandon et al. 2024, arXiv 2405.12981); only the owning layer projects
+            K/V and writes the cache, every layer reads it. 1 = no sharing (gqa only).
     """
 
     attention: str = eqx.field(static=True)
@@ -78,6 +101,7 @@ class Architecture(eqx.Module):
     activation: str = eqx.field(static=True)
     norm: str = eqx.field(static=True)
     windowed: bool = eqx.field(static=True)
+    ssm: str | None = eqx.field(static=True)
 
     d_model: jax.Array
     n_layers: jax.Array
@@ -105,6 +129,15 @@ class Architecture(eqx.Module):
     qk_nope_head_dim: jax.Array
     qk_rope_head_dim: jax.Array
     v_head_dim: jax.Array
+    n_ssm_layers: jax.Array
+    ssm_d_state: jax.Array
+    ssm_d_conv: jax.Array
+    ssm_expand: jax.Array
+    ssm_dt_rank: jax.Array
+    ssm_head_dim: jax.Array
+    ssm_n_groups: jax.Array
+    ssm_chunk: jax.Array
+    kv_share_group: jax.Array
 
     def __init__(
         self,
@@ -141,12 +174,25 @@ class Architecture(eqx.Module):
         qk_rope_head_dim=0,
         v_head_dim=0,
         windowed: bool = False,
+        ssm: str | None = None,
+        n_ssm_layers=0,
+        ssm_d_state=0,
+        ssm_d_conv=0,
+        ssm_expand=0,
+        ssm_dt_rank=0,
+        ssm_head_dim=0,
+        ssm_n_groups=0,
+        ssm_chunk=0,
+        kv_share_group=1,
     ):
         owner = "Architecture"
         _checks.one_of(attention, ATTENTION_KINDS, owner, "attention")
         _checks.one_of(ffn, FFN_KINDS, owner, "ffn")
         _checks.one_of(activation, ACTIVATION_FLOPS, owner, "activation")
         _checks.one_of(norm, NORM_FLOPS, owner, "norm")
+        if ssm is not None:
+            _checks.one_of(ssm, SSM_KINDS, owner, "ssm")
+        self.ssm = ssm
         self.attention, self.moe, self.ffn = attention, bool(moe), ffn
         self.activation, self.norm = activation, norm
         self.windowed = bool(windowed) or isinstance(n_sliding_layers, jax.core.Tracer) or bool(
@@ -154,7 +200,10 @@ class Architecture(eqx.Module):
         if n_kv_heads is None:
             n_kv_heads = n_heads
         if head_dim is None:
-            head_dim = jnp.asarray(d_model, dtype=float) / jnp.asarray(n_heads, dtype=float)
+            heads = jnp.asarray(n_heads, dtype=float)
+            # A pure SSM model may state no attention heads (head width then 0).
+            head_dim = jnp.where(heads > 0, jnp.asarray(d_model, dtype=float) / jnp.where(heads > 0, heads, 1.0),
+                                 0.0)
         if shared_d_ff is None:
             shared_d_ff = moe_d_ff
         if n_dense_layers is None:
@@ -168,6 +217,9 @@ class Architecture(eqx.Module):
             top_k=top_k, n_shared_experts=n_shared_experts, moe_d_ff=moe_d_ff, shared_d_ff=shared_d_ff,
             n_dense_layers=n_dense_layers, q_lora_rank=q_lora_rank, kv_lora_rank=kv_lora_rank,
             qk_nope_head_dim=qk_nope_head_dim, qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim,
+            n_ssm_layers=n_ssm_layers, ssm_d_state=ssm_d_state, ssm_d_conv=ssm_d_conv, ssm_expand=ssm_expand,
+            ssm_dt_rank=ssm_dt_rank, ssm_head_dim=ssm_head_dim, ssm_n_groups=ssm_n_groups, ssm_chunk=ssm_chunk,
+            kv_share_group=kv_share_group,
         )
         for name in _NUMERIC_FIELDS:
             setattr(self, name, _checks.as_float(values[name], owner, name))
@@ -175,8 +227,15 @@ class Architecture(eqx.Module):
 
     def _validate(self) -> None:
         o = "Architecture"
-        for name in ("d_model", "n_layers", "vocab_size", "n_heads"):
+        for name in ("d_model", "n_layers", "vocab_size"):
             _checks.positive(getattr(self, name), o, name, integer=True)
+        self._validate_ssm()
+        # Attention sizes matter only when some layer attends (not for a pure SSM model).
+        has_attention = self.ssm is None or _any_concrete(self.n_attention_layers > 0)
+        if has_attention:
+            _checks.positive(self.n_heads, o, "n_heads", integer=True)
+        else:
+            _checks.non_negative(self.n_heads, o, "n_heads", integer=True)
         for name in ("tied_embeddings", "qkv_bias", "linear_bias"):
             _checks.check_range(getattr(self, name), o, name, low=0, high=1, integer=True)
         _checks.non_negative(self.norms_per_layer, o, "norms_per_layer", integer=True)
@@ -184,19 +243,25 @@ class Architecture(eqx.Module):
         _checks.non_negative(self.n_learned_positions, o, "n_learned_positions", integer=True)
         _checks.non_negative(self.sliding_window, o, "sliding_window", integer=True)
         _checks.non_negative(self.n_sliding_layers, o, "n_sliding_layers", integer=True)
-        _require(self.n_sliding_layers <= self.n_layers, "n_sliding_layers must be <= n_layers")
+        _require(self.n_sliding_layers <= self.n_attention_layers,
+                 "n_sliding_layers must be <= n_layers" + ("" if self.ssm is None else " - n_ssm_layers"))
+        _checks.positive(self.kv_share_group, o, "kv_share_group", integer=True)
         if self.attention == "gqa":
-            _checks.positive(self.n_kv_heads, o, "n_kv_heads", integer=True)
-            _checks.positive(self.head_dim, o, "head_dim", integer=True)
+            if has_attention:
+                _checks.positive(self.n_kv_heads, o, "n_kv_heads", integer=True)
+                _checks.positive(self.head_dim, o, "head_dim", integer=True)
             _require(self.n_kv_heads <= self.n_heads, "n_kv_heads must be <= n_heads")
-            _require(
-                jnp.mod(self.n_heads, self.n_kv_heads) == 0,
-                "n_heads must be a multiple of n_kv_heads (each KV head serves a whole group)",
-            )
+            if has_attention:
+                _require(
+                    jnp.mod(self.n_heads, self.n_kv_heads) == 0,
+                    "n_heads must be a multiple of n_kv_heads (each KV head serves a whole group)",
+                )
         else:
             for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 _checks.positive(getattr(self, name), o, name, integer=True)
             _checks.non_negative(self.q_lora_rank, o, "q_lora_rank", integer=True)
+            _require(self.kv_share_group == 1, "kv_share_group must be 1 for mla attention (sharing is "
+                     "modelled for gqa only)")
         _checks.non_negative(self.n_dense_layers, o, "n_dense_layers", integer=True)
         _require(self.n_dense_layers <= self.n_layers, "n_dense_layers must be <= n_layers")
         if not self.moe:
@@ -204,7 +269,10 @@ class Architecture(eqx.Module):
                 self.n_dense_layers == self.n_layers,
                 "n_dense_layers must equal n_layers for a dense (moe=False) model",
             )
-        if _any_concrete(self.n_dense_layers > 0):
+        if self.ssm is not None:
+            # d_ff = 0: the non-MoE layers carry no FFN (Mamba blocks).
+            _checks.non_negative(self.d_ff, o, "d_ff", integer=True)
+        elif _any_concrete(self.n_dense_layers > 0):
             _checks.positive(self.d_ff, o, "d_ff", integer=True)
         if self.moe:
             _checks.positive(self.n_experts, o, "n_experts", integer=True)
@@ -214,10 +282,49 @@ class Architecture(eqx.Module):
             _checks.non_negative(self.n_shared_experts, o, "n_shared_experts", integer=True)
             _checks.non_negative(self.shared_d_ff, o, "shared_d_ff", integer=True)
 
+    def _validate_ssm(self) -> None:
+        o = "Architecture"
+        if self.ssm is None:
+            _require(self.n_ssm_layers == 0, "n_ssm_layers must be 0 when ssm is None (set ssm='mamba1' or "
+                     "'mamba2')")
+            return
+        _checks.check_range(self.n_ssm_layers, o, "n_ssm_layers", low=0, high=float("inf"), integer=True)
+        _require(self.n_ssm_layers <= self.n_layers, "n_ssm_layers must be <= n_layers")
+        for name in ("ssm_d_state", "ssm_d_conv"):
+            _checks.positive(getattr(self, name), o, name, integer=True)
+        _checks.positive(self.ssm_expand, o, "ssm_expand")
+        if self.ssm == "mamba1":
+            _checks.positive(self.ssm_dt_rank, o, "ssm_dt_rank", integer=True)
+            return
+        for name in ("ssm_head_dim", "ssm_n_groups", "ssm_chunk"):
+            _checks.positive(getattr(self, name), o, name, integer=True)
+        heads = self.ssm_d_inner / self.ssm_head_dim
+        _require(jnp.mod(self.ssm_d_inner, self.ssm_head_dim) == 0,
+                 "ssm_head_dim must divide d_inner = ssm_expand * d_model (mamba2 heads are whole)")
+        _require(jnp.mod(heads, self.ssm_n_groups) == 0,
+                 "ssm_n_groups must divide the mamba2 heads d_inner / ssm_head_dim")
+
     # ---- derived sizes -------------------------------------------------------------------
     @property
     def n_moe_layers(self) -> jax.Array:
         return self.n_layers - self.n_dense_layers if self.moe else jnp.zeros_like(self.n_layers)
+
+    @property
+    def n_attention_layers(self) -> jax.Array:
+        """Layers whose mixer is attention (all of them without an SSM)."""
+        return self.n_layers - self.n_ssm_layers
+
+    @property
+    def ssm_d_inner(self) -> jax.Array:
+        """Channels of the SSM mixer: expand x d_model."""
+        return self.ssm_expand * self.d_model
+
+    @property
+    def ssm_n_heads(self) -> jax.Array:
+        """Mamba-2 heads (d_inner / head width); Mamba-1 has none (0)."""
+        if self.ssm != "mamba2":
+            return jnp.zeros_like(self.d_model)
+        return self.ssm_d_inner / self.ssm_head_dim
 
     @property
     def ffn_up_matrices(self) -> float:
@@ -231,9 +338,10 @@ class Architecture(eqx.Module):
 
     @property
     def kv_cache_elements_per_token_layer(self) -> jax.Array:
-        """Elements cached per token per layer for the whole model (before any sharding)."""
+        """Elements cached per token per attention layer for the whole model (before any
+        sharding), averaged over the ``kv_share_group`` layers sharing one cache."""
         if self.attention == "gqa":
-            return 2.0 * self.n_kv_heads * self.head_dim
+            return 2.0 * self.n_kv_heads * self.head_dim / self.kv_share_group
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     def replace(self, **changes) -> "Architecture":
@@ -263,13 +371,15 @@ def attention_parameters(arch: Architecture, tp=1.0) -> jax.Array:
 
     Query and output projections are split by heads. Key/value heads are split too, but
     replicated when there are fewer of them than ranks. MLA's down-projections (to the
-    query and key-value latents) are replicated on every rank, as in vLLM.
+    query and key-value latents) are replicated on every rank, as in vLLM. With cross-layer
+    KV sharing only one layer in ``kv_share_group`` owns K/V projections: the per-layer
+    average is given.
     """
     d = arch.d_model
     heads = arch.n_heads / tp
     if arch.attention == "gqa":
         kv_heads = jnp.maximum(arch.n_kv_heads / tp, 1.0)
-        qkv_out = (heads + 2.0 * kv_heads) * arch.head_dim
+        qkv_out = (heads + 2.0 * kv_heads / arch.kv_share_group) * arch.head_dim
         return d * qkv_out + heads * arch.head_dim * d + arch.qkv_bias * qkv_out + arch.linear_bias * d
     qk = arch.qk_nope_head_dim + arch.qk_rope_head_dim
     has_q_lora = arch.q_lora_rank > 0
@@ -283,10 +393,57 @@ def attention_parameters(arch: Architecture, tp=1.0) -> jax.Array:
     return q + kv_down + kv_up + heads * arch.v_head_dim * d
 
 
+def ssm_sizes(arch: Architecture, tp=1.0) -> dict[str, jax.Array]:
+    """Widths of one SSM mixer on one of ``tp`` tensor-parallel ranks.
+
+    TP shards d_inner (Mamba-1) or the heads (Mamba-2) as vLLM's mixers do; Mamba-2's B/C
+    groups are split when they are at least ``tp``, else replicated (like KV heads).
+    Keys: ``inner`` (channels d_inner/tp), ``heads``, ``groups``, ``conv_channels`` (channels
+    through the convolution: x for Mamba-1; x, B and C for Mamba-2), ``in_proj_out``
+    (in_proj output width), ``state`` (recurrent state elements per sequence:
+    d_inner·N, equal to heads·head_dim·N for Mamba-2).
+    """
+    n = arch.ssm_d_state
+    inner = arch.ssm_d_inner / tp
+    if arch.ssm == "mamba2":
+        heads = arch.ssm_n_heads / tp
+        groups = jnp.maximum(arch.ssm_n_groups / tp, 1.0)
+        conv = inner + 2.0 * groups * n
+        in_proj = inner + conv + heads  # z, then x/B/C (convolved), then dt
+    else:
+        heads = groups = jnp.zeros_like(inner)
+        conv = inner
+        in_proj = 2.0 * inner  # x and z; dt, B, C come from x_proj after the convolution
+    return {"inner": inner, "heads": heads, "groups": groups, "conv_channels": conv,
+            "in_proj_out": in_proj, "state": inner * n}
+
+
+def ssm_parameters(arch: Architecture, tp=1.0) -> jax.Array:
+    """Parameters of one SSM mixer held by one of ``tp`` TP ranks (0 without an SSM).
+
+    Mamba-1 (HF ``MambaMixer``): in_proj d·2E, conv1d E·K + E (bias), x_proj E·(R + 2N),
+    dt_proj R·E + E, A_log E·N, D E, out_proj E·d, with E = d_inner, K the conv width, R the
+    dt rank. Mamba-2 (HF ``Mamba2Mixer``): in_proj d·(2E + 2GN + H), conv1d over E + 2GN
+    channels with bias, dt_bias, A_log and D per head (3H), the gated RMSNorm weight E,
+    out_proj E·d. In/out projections carry no bias in any supported model.
+    """
+    if arch.ssm is None:
+        return jnp.zeros_like(arch.d_model)
+    d, n = arch.d_model, arch.ssm_d_state
+    z = ssm_sizes(arch, tp)
+    inner = z["inner"]
+    common = d * z["in_proj_out"] + z["conv_channels"] * (arch.ssm_d_conv + 1.0) + inner * d
+    if arch.ssm == "mamba1":
+        r = arch.ssm_dt_rank
+        return common + inner * (r + 2.0 * n) + (r * inner + inner) + inner * n + inner
+    return common + 3.0 * z["heads"] + inner
+
+
 def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
     """Parameter counts per component (elements, not bytes), unsharded.
 
-    Keys: ``attention_per_layer``, ``norms_per_layer``, ``dense_ffn_per_layer``,
+    Keys: ``attention_per_layer`` (per attention layer), ``ssm_per_layer`` (per SSM layer),
+    ``norms_per_layer``, ``dense_ffn_per_layer``,
     ``expert`` (one routed expert), ``shared_experts_per_layer``, ``router_per_layer``,
     ``embedding``, ``lm_head``, ``final_norm``.
     """
@@ -299,6 +456,7 @@ def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
     shared = arch.n_shared_experts * (up + 1.0) * d * arch.shared_d_ff
     return {
         "attention_per_layer": attention,
+        "ssm_per_layer": ssm_parameters(arch),
         "norms_per_layer": arch.norms_per_layer * norm_params,
         "dense_ffn_per_layer": dense_ffn,
         "expert": expert if arch.moe else jnp.zeros_like(d),
@@ -313,11 +471,16 @@ def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
 def _parameters(arch: Architecture, routed_experts) -> jax.Array:
     """Parameters counting ``routed_experts`` routed experts per MoE layer."""
     p = parameter_breakdown(arch)
-    per_layer = p["attention_per_layer"] + p["norms_per_layer"]
     moe_layer = routed_experts * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
+    if arch.ssm is None:
+        mixers = arch.n_layers * (p["attention_per_layer"] + p["norms_per_layer"])
+    else:
+        mixers = (arch.n_attention_layers * p["attention_per_layer"] + arch.n_ssm_layers * p["ssm_per_layer"]
+                  + arch.n_layers * p["norms_per_layer"])
+    ffn_layers = arch.n_dense_layers if arch.ssm is None else arch.n_dense_layers * (arch.d_ff > 0)
     return (
-        arch.n_layers * per_layer
-        + arch.n_dense_layers * p["dense_ffn_per_layer"]
+        mixers
+        + ffn_layers * p["dense_ffn_per_layer"]
         + arch.n_moe_layers * moe_layer
         + p["embedding"]
         + p["lm_head"]

@@ -1,13 +1,14 @@
 """Import a HuggingFace ``config.json`` into an :class:`~jaxmodel.architectures.Architecture`.
 
 Supported ``model_type`` values: llama, mistral, mixtral, qwen2, gemma2, deepseek_v2,
-deepseek_v3, bloom. An unknown type or a missing required field is a ``ValueError`` that
+deepseek_v3, bloom, and the state-space families mamba, falcon_mamba, mamba2 and jamba. An unknown type or a missing required field is a ``ValueError`` that
 names the file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .architectures import Architecture
@@ -135,9 +136,87 @@ def _bloom(c):
     )
 
 
+def _dt_rank(c: _Config, key: str, hidden) -> int:
+    """Mamba's step-size rank; ``"auto"`` means ceil(d_model / 16) (Gu & Dao 2023, as in HF)."""
+    rank = c.opt(key, "auto")
+    return math.ceil(hidden / 16) if rank == "auto" else rank
+
+
+def _no_proj_bias(c: _Config, key: str) -> None:
+    if c.opt(key, False):
+        raise ValueError(f"{c.origin}: {key}=true (biased SSM in/out projections) is not supported")
+
+
+def _pure_ssm(c: _Config, hidden, layers, kind: str) -> dict:
+    """The part every pure SSM model shares: no attention, no FFN, one RMSNorm per block."""
+    return dict(
+        ssm=kind, attention="gqa", ffn="gated", activation="silu", norm="rmsnorm",
+        d_model=hidden, n_layers=layers, n_ssm_layers=layers, vocab_size=c.req("vocab_size"),
+        n_heads=0, n_kv_heads=0, head_dim=0, d_ff=0, norms_per_layer=1,
+        tied_embeddings=int(bool(c.opt("tie_word_embeddings", True))),
+    )
+
+
+def _mamba(c):
+    hidden = c.req("hidden_size")
+    _no_proj_bias(c, "use_bias")
+    # intermediate_size, when given, is d_inner itself (falcon-mamba states both it and an
+    # ``expand`` that does not match); otherwise d_inner = expand x hidden.
+    inner = c.opt("intermediate_size", c.opt("expand", 2) * hidden)
+    spec = _pure_ssm(c, hidden, c.req("num_hidden_layers"), "mamba1")
+    spec.update(ssm_d_state=c.req("state_size"), ssm_d_conv=c.opt("conv_kernel", 4), ssm_expand=inner / hidden,
+                ssm_dt_rank=_dt_rank(c, "time_step_rank", hidden))
+    return spec
+
+
+def _mamba2(c):
+    hidden = c.req("hidden_size")
+    _no_proj_bias(c, "use_bias")
+    heads, head_dim, expand = c.req("num_heads"), c.req("head_dim"), c.opt("expand", 2)
+    if heads * head_dim != expand * hidden:
+        raise ValueError(f"{c.origin}: num_heads x head_dim = {heads * head_dim} must equal expand x hidden_size "
+                         f"= {expand * hidden}")
+    spec = _pure_ssm(c, hidden, c.req("num_hidden_layers"), "mamba2")
+    spec.update(ssm_d_state=c.req("state_size"), ssm_d_conv=c.opt("conv_kernel", 4), ssm_expand=expand,
+                ssm_head_dim=head_dim, ssm_n_groups=c.opt("n_groups", 1), ssm_chunk=c.opt("chunk_size", 256))
+    return spec
+
+
+def _layers_every(layers: int, period: int, offset: int, c: _Config, what: str) -> int:
+    """How many of layers 0..L-1 satisfy i % period == offset (Jamba's interleaving rule)."""
+    if not (isinstance(period, int) and period > 0 and 0 <= offset < period):
+        raise ValueError(f"{c.origin}: {what}_layer_period must be a positive integer and "
+                         f"{what}_layer_offset in [0, period) (got {period!r}, {offset!r})")
+    return sum(1 for i in range(layers) if i % period == offset)
+
+
+def _jamba(c):
+    layers, hidden = c.req("num_hidden_layers"), c.req("hidden_size")
+    _no_proj_bias(c, "mamba_proj_bias")
+    attn = _layers_every(layers, c.req("attn_layer_period"), c.req("attn_layer_offset"), c, "attn")
+    experts = c.opt("num_experts", 1)
+    n_moe = _layers_every(layers, c.req("expert_layer_period"), c.req("expert_layer_offset"), c, "expert") \
+        if experts > 1 else 0
+    heads = c.req("num_attention_heads")
+    spec = dict(
+        ssm="mamba1", attention="gqa", ffn="gated", norm="rmsnorm", activation=c.activation("hidden_act"),
+        d_model=hidden, n_layers=layers, n_ssm_layers=layers - attn, vocab_size=c.req("vocab_size"),
+        n_heads=heads, n_kv_heads=c.opt("num_key_value_heads", heads), head_dim=hidden // heads,
+        rotary_fraction=0.0,  # Jamba's attention layers use no positional encoding
+        d_ff=c.req("intermediate_size"), tied_embeddings=int(bool(c.opt("tie_word_embeddings", False))),
+        ssm_d_state=c.req("mamba_d_state"), ssm_d_conv=c.req("mamba_d_conv"), ssm_expand=c.req("mamba_expand"),
+        ssm_dt_rank=_dt_rank(c, "mamba_dt_rank", hidden),
+    )
+    if n_moe:
+        spec.update(moe=True, n_experts=experts, top_k=c.req("num_experts_per_tok"), moe_d_ff=spec["d_ff"],
+                    n_dense_layers=layers - n_moe)
+    return spec
+
+
 _FAMILIES = {
     "llama": _llama, "mistral": _mistral, "mixtral": _mixtral, "qwen2": _qwen2, "gemma2": _gemma2,
     "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "bloom": _bloom,
+    "mamba": _mamba, "falcon_mamba": _mamba, "mamba2": _mamba2, "jamba": _jamba,
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
 

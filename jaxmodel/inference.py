@@ -141,6 +141,13 @@ def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
     bad_tp = not_divisible(arch.n_heads, wl.tp)
     if arch.attention == "gqa":
         bad_tp = bad_tp | (not_divisible(arch.n_kv_heads, wl.tp) & not_divisible(wl.tp, arch.n_kv_heads))
+    if arch.ssm == "mamba1":
+        # TP shards the d_inner channels of the scan.
+        bad_tp = bad_tp | not_divisible(arch.ssm_d_inner, wl.tp)
+    elif arch.ssm == "mamba2":
+        # TP shards whole heads; B/C groups are split or replicated (like KV heads).
+        bad_tp = (bad_tp | not_divisible(arch.ssm_n_heads, wl.tp)
+                  | (not_divisible(arch.ssm_n_groups, wl.tp) & not_divisible(wl.tp, arch.ssm_n_groups)))
     bad_ep = not_divisible(arch.n_experts, wl.ep) if arch.moe else wl.ep > 1.0
     bad_pp = wl.pp > arch.n_layers
     code = (

@@ -25,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .architectures import ACTIVATION_FLOPS, NORM_FLOPS, Architecture
+from .architectures import ACTIVATION_FLOPS, NORM_FLOPS, Architecture, ssm_sizes
 from .workload import Workload
 
 # Row kinds.
@@ -55,6 +55,29 @@ ROTARY_FLOPS = 3.0
 #: Vector FLOPs per logit to sample (softmax over the vocabulary, then a draw).
 SAMPLING_FLOPS = 5.0
 
+# ---- selective state-space mixers (counts per element; see _ssm_mixer) ------------------
+#: Causal depthwise conv1d, per output element and tap: one multiply-add.
+CONV_TAP_FLOPS = 2.0
+#: Per conv output element after the taps: bias add (1) and SiLU (4).
+CONV_OUTPUT_FLOPS = 5.0
+#: Mamba-1 selective scan, per (token, channel, state) element: exp(Δ·A) (2), Δu·B (1),
+#: h <- dA·h + dBu (2), y += C·h (2). Mamba paper Sec. 3.3.2: the kernel does this in SRAM.
+MAMBA1_SCAN_FLOPS = 7.0
+#: Mamba-1, per (token, channel): softplus(Δ + bias) (4), skip D·u (2), gate y·SiLU(z) (5).
+MAMBA1_CHANNEL_FLOPS = 11.0
+#: Mamba-2 recurrence step, per (head, head_dim, state) element: dt·x·B (1), decay·h (1),
+#: add (1), y += C·h (2); the decay exp(dt·A) is one scalar per head (Mamba-2 Sec. 3).
+MAMBA2_STEP_FLOPS = 5.0
+#: Mamba-2, per (token, head): softplus(dt + bias) and exp(dt·A) (5); per (token, channel):
+#: skip D·x (2).
+MAMBA2_HEAD_FLOPS = 5.0
+MAMBA2_CHANNEL_FLOPS = 2.0
+#: Mamba-2 SSD, per element of a chunk's (Q x Q) decay mask per head: a difference of
+#: cumulative sums and its exp (2).
+SSD_MASK_FLOPS = 2.0
+#: Mamba-2 gated RMSNorm, per channel: SiLU(z) (4), the gate multiply (1), the norm (4).
+GATED_NORM_FLOPS = 9.0
+
 
 @dataclasses.dataclass(frozen=True)
 class RowInfo:
@@ -63,7 +86,7 @@ class RowInfo:
     name: str
     kind: str
     group: str
-    block: str  # "attention", "ffn", "moe", "embedding", "lm_head", "pipeline"
+    block: str  # "attention", "ssm", "ffn", "moe", "embedding", "lm_head", "pipeline"
     collective: str = ""
 
 
@@ -268,11 +291,14 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     # writes the hidden state; each of the two residual adds reads and writes the residual.
     # With sequence parallelism every TP rank normalizes only its 1/tp share of the tokens.
     norm_tokens = tokens / tp if wl.sequence_parallel else tokens
-    norm_reads = arch.norms_per_layer + 2.0
+    # SSM models: one residual add per sub-block, each behind its own norm (a Mamba block
+    # has one of each; a Jamba layer two).
+    adds = 2.0 if arch.ssm is None else arch.norms_per_layer
+    norm_reads = arch.norms_per_layer + adds
     rows.vector(
         "norm_residual", "attention", repeat=layers,
         elements_read=norm_reads * norm_tokens * d, elements_written=norm_reads * norm_tokens * d,
-        flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + 2.0) * norm_tokens * d, a_bytes=a,
+        flops=(arch.norms_per_layer * NORM_FLOPS[arch.norm] + adds) * norm_tokens * d, a_bytes=a,
         rows=norm_tokens, row_length=d,
     )
 
@@ -280,9 +306,13 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
         _gqa_attention(rows, arch, wl, step, tokens, heads, groups)
     else:
         _mla_attention(rows, arch, wl, step, tokens, heads, groups)
-    _tp_sync(rows, wl, "attn", "attention", repeat=layers, payload=tokens * d * a)
+    _tp_sync(rows, wl, "attn", "attention", repeat=arch.n_attention_layers, payload=tokens * d * a)
+    if arch.ssm is not None:
+        _ssm_mixer(rows, arch, wl, step, tokens, groups)
 
     n_dense = arch.n_dense_layers
+    if arch.ssm is not None:
+        n_dense = n_dense * (arch.d_ff > 0)  # d_ff = 0: Mamba blocks without an FFN
     ff = arch.d_ff / tp
     rows.matmul("ffn_up", "ffn", repeat=n_dense, m=tokens, n=up * ff, k=d, w_bytes=w, a_bytes=a)
     rows.vector("ffn_activation", "ffn", repeat=n_dense, elements_read=up * tokens * ff,
@@ -380,7 +410,7 @@ def _window_classes(arch: Architecture):
     """(row suffix, layers, window) for globally attending and sliding-window layers (the
     latter only for a ``windowed`` architecture)."""
     no_window = jnp.zeros_like(arch.sliding_window)
-    classes = (("", arch.n_layers - arch.n_sliding_layers, no_window),)
+    classes = (("", arch.n_attention_layers - arch.n_sliding_layers, no_window),)
     if arch.windowed:
         classes += (("_window", arch.n_sliding_layers, arch.sliding_window),)
     return classes
@@ -388,12 +418,15 @@ def _window_classes(arch: Architecture):
 
 def _gqa_attention(rows, arch, wl, step, tokens, heads, groups):
     a, w = wl.act_bytes, wl.stored_weight_bytes
-    d, hd, layers, tp = arch.d_model, arch.head_dim, arch.n_layers, wl.tp
+    d, hd, layers, tp = arch.d_model, arch.head_dim, arch.n_attention_layers, wl.tp
     # KV heads are split over TP ranks, or replicated when there are fewer than ranks.
     kv_heads = jnp.maximum(arch.n_kv_heads / tp, 1.0)
-    rows.matmul("qkv_proj", "attention", repeat=layers, m=tokens, n=(heads + 2.0 * kv_heads) * hd, k=d,
+    # Cross-layer KV sharing: only one layer of each group projects (and caches) K and V;
+    # every layer still reads the shared cache in attention.
+    owned_kv_heads = kv_heads / arch.kv_share_group
+    rows.matmul("qkv_proj", "attention", repeat=layers, m=tokens, n=(heads + 2.0 * owned_kv_heads) * hd, k=d,
                 w_bytes=w, a_bytes=a)
-    rotated = tokens * (heads + kv_heads) * hd * arch.rotary_fraction
+    rotated = tokens * (heads + owned_kv_heads) * hd * arch.rotary_fraction
     rows.vector("rotary", "attention", repeat=layers, elements_read=rotated, elements_written=rotated,
                 flops=ROTARY_FLOPS * rotated, a_bytes=a, rows=tokens)
     for suffix, n_layers, window in _window_classes(arch):
@@ -401,7 +434,7 @@ def _gqa_attention(rows, arch, wl, step, tokens, heads, groups):
             _attention_core(
                 rows, wl, f"attention_{group}{suffix}", repeat=n_layers, seqs=seqs, new=new, past=past,
                 window=window, heads=heads, kv_heads=kv_heads, qk_dim=hd, v_dim=hd,
-                kv_elem_bytes=wl.kv_bytes, kv_write_elements=new * 2.0 * kv_heads * hd, causal=causal,
+                kv_elem_bytes=wl.kv_bytes, kv_write_elements=new * 2.0 * owned_kv_heads * hd, causal=causal,
             )
     rows.matmul("o_proj", "attention", repeat=layers, m=tokens, n=d, k=heads * hd, w_bytes=w, a_bytes=a)
 
@@ -419,6 +452,117 @@ def _groups(step: Step, wl: Workload, groups=GROUPS):
     return tuple(g for g in both if g[0] in groups)
 
 
+def _ssm_state_passes(group, past):
+    """Times a sequence's recurrent state crosses the memory bus in one step: a prompt writes
+    its final state (and first reads the one left by an earlier chunk, if any); a decode
+    step reads and writes it."""
+    if group == "decode":
+        return 2.0 * jnp.ones_like(past)
+    return 1.0 + (past > 0).astype(past.dtype)
+
+
+def _act_matmul(rows, name, *, repeat, m, n, k, count, lhs, rhs, out, a_bytes):
+    """A matmul whose operands are both activations (``lhs``, ``rhs``, ``out``: elements
+    moved, each once), as in the SSD chunk products."""
+    rows.add(
+        RowInfo(name, MATMUL, LAYER, "ssm"),
+        repeat=repeat, flops=2.0 * m * n * k * count, act_bytes=(lhs + rhs + out) * a_bytes,
+        m=m, n=n, k=k, matmuls=count,
+        lhs_bytes=lhs * a_bytes, rhs_bytes=rhs * a_bytes, out_bytes=out * a_bytes,
+    )
+
+
+def _ssm_mixer(rows, arch, wl, step, tokens, groups):
+    """Selective state-space mixer of the ``n_ssm_layers`` SSM layers, on one device.
+
+    Rows: in_proj (matmul), causal depthwise conv1d (vector), Mamba-1's x_proj (+ the TP
+    all-reduce its row-parallel split needs, as in vLLM) and dt_proj, the scan per request
+    group, Mamba-2's gated RMSNorm, out_proj and the TP all-reduce.
+
+    Scan (Mamba-1, Gu & Dao 2023 Sec. 3.3.2): the hardware-aware kernel keeps the expanded
+    state in SRAM, so it moves only its inputs (u, Δ, z: d_inner per token; B, C: N per
+    token) and output (y), reads A, D and the Δ bias, and reads/writes the state d_inner·N
+    once per sequence; its work is MAMBA1_SCAN_FLOPS per (token, channel, state) element.
+
+    Mamba-2 prompt tokens use the chunked SSD algorithm (Dao & Gu 2024, Sec. 6): with chunk
+    length q = min(new, Q), per chunk C·Bᵀ (q x q x N per group), the masked intra-chunk
+    product (q x q x P per head), the chunk states Bᵀ·X (N x q x P per head) and the
+    state-to-output product C·h (q x N x P per head) run on the matrix units; the decay
+    masks, the state passing between chunks and the skip term on the vector units. Decode
+    tokens (both kinds) take one recurrence step that reads and writes the whole state,
+    so a decode step costs the same whatever the context (GenZ Fig. 13c).
+    """
+    a, w, kvb, d = wl.act_bytes, wl.stored_weight_bytes, wl.kv_bytes, arch.d_model
+    n_ssm = arch.n_ssm_layers
+    z = ssm_sizes(arch, wl.tp)
+    inner, heads, grps, conv_ch = z["inner"], z["heads"], z["groups"], z["conv_channels"]
+    n, width = arch.ssm_d_state, arch.ssm_d_conv
+    present = _groups(step, wl, groups)
+
+    rows.matmul("ssm_in_proj", "ssm", repeat=n_ssm, m=tokens, n=z["in_proj_out"], k=d, w_bytes=w, a_bytes=a)
+    conv_state = sum(seqs * _ssm_state_passes(g, past) for g, seqs, _, past, _ in present) * (width - 1.0) * conv_ch
+    rows.add(
+        RowInfo("ssm_conv", VECTOR, LAYER, "ssm"), repeat=n_ssm,
+        vector_flops=(CONV_TAP_FLOPS * width + CONV_OUTPUT_FLOPS) * tokens * conv_ch,
+        act_bytes=2.0 * tokens * conv_ch * a, weight_bytes=conv_ch * (width + 1.0) * w,
+        kv_bytes=conv_state * kvb, m=tokens,
+    )
+    if arch.ssm == "mamba1":
+        r = arch.ssm_dt_rank
+        rows.matmul("ssm_x_proj", "ssm", repeat=n_ssm, m=tokens, n=r + 2.0 * n, k=inner, w_bytes=w, a_bytes=a)
+        rows.collective("ssm_x_proj_all_reduce", "ssm", ALL_REDUCE, repeat=n_ssm,
+                        payload=tokens * (r + 2.0 * n) * a, size=wl.tp, stride=1.0)
+        rows.matmul("ssm_dt_proj", "ssm", repeat=n_ssm, m=tokens, n=inner, k=r, w_bytes=w, a_bytes=a)
+        for g, seqs, new, past, _ in present:
+            tok = seqs * new
+            rows.add(
+                RowInfo(f"ssm_scan_{g}", VECTOR, LAYER, "ssm"), repeat=n_ssm,
+                vector_flops=tok * inner * (MAMBA1_SCAN_FLOPS * n + MAMBA1_CHANNEL_FLOPS),
+                act_bytes=tok * (4.0 * inner + 2.0 * n) * a, weight_bytes=(inner * n + 2.0 * inner) * w,
+                kv_bytes=seqs * _ssm_state_passes(g, past) * z["state"] * kvb, m=seqs * inner,
+            )
+    else:
+        p, chunk = arch.ssm_head_dim, arch.ssm_chunk
+        for g, seqs, new, past, _ in present:
+            tok = seqs * new
+            state_io = seqs * _ssm_state_passes(g, past) * z["state"] * kvb
+            per_head = tok * heads * MAMBA2_HEAD_FLOPS + tok * inner * MAMBA2_CHANNEL_FLOPS
+            if g == "decode":
+                rows.add(
+                    RowInfo("ssm_scan_decode", VECTOR, LAYER, "ssm"), repeat=n_ssm,
+                    vector_flops=tok * z["state"] * MAMBA2_STEP_FLOPS + per_head,
+                    act_bytes=tok * (conv_ch + heads + inner) * a, weight_bytes=3.0 * heads * w,
+                    kv_bytes=state_io, m=seqs * heads,
+                )
+                continue
+            q = jnp.maximum(jnp.minimum(new, chunk), 1.0)
+            blocks = seqs * new / q  # chunks over all sequences
+            bc = tok * grps * n  # elements of B (or of C)
+            states = blocks * heads * n * p
+            cb = blocks * grps * q * q
+            _act_matmul(rows, f"ssm_ssd_cb_{g}", repeat=n_ssm, m=q, n=q, k=n, count=blocks * grps,
+                        lhs=bc, rhs=bc, out=cb, a_bytes=a)
+            _act_matmul(rows, f"ssm_ssd_states_{g}", repeat=n_ssm, m=n, n=p, k=q, count=blocks * heads,
+                        lhs=bc, rhs=tok * inner, out=states, a_bytes=a)
+            _act_matmul(rows, f"ssm_ssd_intra_{g}", repeat=n_ssm, m=q, n=p, k=q, count=blocks * heads,
+                        lhs=cb, rhs=tok * inner, out=tok * inner, a_bytes=a)
+            _act_matmul(rows, f"ssm_ssd_inter_{g}", repeat=n_ssm, m=q, n=p, k=n, count=blocks * heads,
+                        lhs=bc, rhs=states, out=tok * inner, a_bytes=a)
+            rows.add(
+                RowInfo(f"ssm_scan_{g}", VECTOR, LAYER, "ssm"), repeat=n_ssm,
+                vector_flops=tok * heads * q * SSD_MASK_FLOPS + 2.0 * states + per_head,
+                act_bytes=(tok * heads + 2.0 * states + tok * inner) * a, weight_bytes=3.0 * heads * w,
+                kv_bytes=state_io, m=seqs * heads,
+            )
+        rows.add(
+            RowInfo("ssm_gated_norm", VECTOR, LAYER, "ssm"), repeat=n_ssm,
+            vector_flops=GATED_NORM_FLOPS * tokens * inner, act_bytes=3.0 * tokens * inner * a,
+            weight_bytes=inner * w, m=tokens * grps, n=inner / grps,
+        )
+    rows.matmul("ssm_out_proj", "ssm", repeat=n_ssm, m=tokens, n=d, k=inner, w_bytes=w, a_bytes=a)
+    _tp_sync(rows, wl, "ssm", "ssm", repeat=n_ssm, payload=tokens * d * a)
+
+
 def _mla_attention(rows, arch, wl, step, tokens, heads, groups):
     """DeepSeek multi-head latent attention.
 
@@ -427,7 +571,7 @@ def _mla_attention(rows, arch, wl, step, tokens, heads, groups):
     up-projected to per-head keys and values); decode tokens use the absorbed form
     (queries projected into the latent space, attention over the latent cache), as vLLM does.
     """
-    a, w, d, layers = wl.act_bytes, wl.stored_weight_bytes, arch.d_model, arch.n_layers
+    a, w, d, layers = wl.act_bytes, wl.stored_weight_bytes, arch.d_model, arch.n_attention_layers
     nope, rope, vd, kvr, qr = (arch.qk_nope_head_dim, arch.qk_rope_head_dim, arch.v_head_dim,
                                arch.kv_lora_rank, arch.q_lora_rank)
     qk = nope + rope

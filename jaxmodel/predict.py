@@ -36,8 +36,14 @@ def check_parallelism(arch: Architecture, wl: Workload) -> None:
     tp, ep, pp = float(wl.tp), float(wl.ep), float(wl.pp)
     if code & status.INVALID_TP:
         kv = f", and divide or be a multiple of Architecture.n_kv_heads = {float(arch.n_kv_heads):g}"
+        ssm = ""
+        if arch.ssm == "mamba1":
+            ssm = f", and divide the SSM channels d_inner = {float(arch.ssm_d_inner):g}"
+        elif arch.ssm == "mamba2":
+            ssm = (f", and divide the SSM heads = {float(arch.ssm_n_heads):g} (and divide or be a multiple of "
+                   f"Architecture.ssm_n_groups = {float(arch.ssm_n_groups):g})")
         raise ValueError(f"Workload.tp = {tp:g} must divide Architecture.n_heads = {float(arch.n_heads):g}"
-                         + (kv if arch.attention == "gqa" else ""))
+                         + (kv if arch.attention == "gqa" else "") + ssm)
     if code & status.INVALID_EP:
         if not arch.moe:
             raise ValueError(f"Workload.ep = {ep:g} needs a MoE architecture (this model is dense); use ep = 1")

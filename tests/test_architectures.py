@@ -22,6 +22,11 @@ PUBLISHED = [
     ("deepseek-v2", 236e9, 21e9, "DeepSeek-V2 paper (arXiv 2405.04434): 236B total, 21B activated"),
     ("deepseek-v3", 671e9, 37e9, "DeepSeek-V3 report (arXiv 2412.19437): 671B total, 37B activated"),
     ("qwen2-72b", 72.7e9, None, "HF Qwen/Qwen2-72B model page: 72.7B params"),
+    ("mamba-2.8b", 2.77e9, None, "HF state-spaces/mamba-2.8b-hf model page: 2.77B params"),
+    ("falcon-mamba-7b", 7.27e9, None, "HF tiiuae/falcon-mamba-7b model page: 7.27B params"),
+    ("mamba2-2.7b", 2.7e9, None, "Dao & Gu 2024 (arXiv 2405.21060) / HF state-spaces/mamba2-2.7b: 2.7B"),
+    ("jamba-v0.1", 51.6e9, 12e9, "Lieber et al. 2024 (arXiv 2403.19887) and HF ai21labs/Jamba-v0.1: "
+                                 "51.6B total, 12B active"),
 ]
 
 
