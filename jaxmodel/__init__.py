@@ -5,6 +5,7 @@ Design points are pytrees (:class:`Architecture`, :class:`Workload`, :class:`Sys
 vmapped over millions of points and differentiated.
 """
 
+from . import platform_energy as platform_energy
 from . import presets as presets
 from . import status as status
 from . import sweep as sweep
@@ -21,6 +22,10 @@ from .hf_config import load_hf_config as load_hf_config
 from .inference import evaluate as evaluate
 from .predict import breakdown as breakdown
 from .predict import predict as predict
+from .platform_energy import PlatformPower as PlatformPower
+from .platform_energy import step_energy_j as step_energy_j
+from .platform_energy import step_metrics as step_metrics
+from .platform_energy import tokens_per_kwh as tokens_per_kwh
 from .presets import list_hardware as list_hardware
 from .presets import list_models as list_models
 from .presets import load_calibration as load_calibration
