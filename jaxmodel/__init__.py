@@ -17,8 +17,10 @@ from .efficiency import Efficiency as Efficiency
 from .efficiency import ideal as ideal
 from .hardware import Chip as Chip
 from .hardware import Interconnect as Interconnect
+from .hardware import OffloadMemory as OffloadMemory
 from .hardware import System as System
 from .hf_config import load_hf_config as load_hf_config
+from .memory import offload_plan as offload_plan
 from .inference import evaluate as evaluate
 from .predict import breakdown as breakdown
 from .predict import predict as predict
@@ -31,6 +33,7 @@ from .presets import list_models as list_models
 from .presets import load_calibration as load_calibration
 from .presets import load_hardware as load_hardware
 from .presets import load_model as load_model
+from .presets import load_offload as load_offload
 from .workload import Workload as Workload
 
 __version__ = "0.1.0"

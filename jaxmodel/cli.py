@@ -33,15 +33,23 @@ import argparse
 import json
 import sys
 
+import equinox as eqx
+
 from . import area, bench, cost, explore, presets, status
 from .predict import breakdown, predict
-from .workload import ACTIVATION_DTYPES, ATTENTION_IMPLS, DTYPE_BYTES, LM_HEAD_TOKENS, Workload
+from .workload import ACTIVATION_DTYPES, ATTENTION_IMPLS, DTYPE_BYTES, LM_HEAD_TOKENS, OFFLOAD_POLICIES, Workload
 
 PREDICT_EXAMPLE = """example:
   jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 \\
       --input-tokens 1024 --output-tokens 256 --tp 4 --calibration ideal --json
   jaxmodel predict --model path/to/config.json --hardware a100-sxm-80gb --batch 1 \\
       --input-tokens 512 --output-tokens 128 --breakdown
+  # llama-3-70b on ONE H100, half its weights in host DRAM over PCIe 5.0 (or --offload auto_kv)
+  jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+      --output-tokens 256 --offload-tier pcie5-host --offload-weights 0.5 --json
+  # a custom tier: 32 GB/s, 512 GB per device; let the model pick the least offload that fits
+  jaxmodel predict --model llama-3-70b --hardware h100-sxm --batch 8 --input-tokens 1024 \\
+      --output-tokens 256 --offload-bw-gbps 32 --offload-capacity-gb 512 --offload auto_weights
 """
 
 
@@ -80,20 +88,51 @@ def _design_point_arguments(p, batch: bool = True) -> None:
     p.add_argument("--sequence-parallel", action="store_true",
                    help="TP all-reduces become reduce-scatter + all-gather; norms on 1/tp of the tokens")
     p.add_argument("--memory-utilization", type=float, default=0.9, help="usable fraction of device memory")
+    g = p.add_argument_group("offload tier", "a slower, larger memory behind each device (host DRAM, CXL); weights "
+                             "and KV cache placed there stream over its link, concurrently with device memory")
+    g.add_argument("--offload-tier", metavar="TIER",
+                   help="named tier: pcie5-host, pcie4-host, nvlink-c2c, cxl2-x16 (replaces the preset's tier)")
+    g.add_argument("--offload-bw-gbps", type=float, help="tier link bandwidth per device and direction, GB/s")
+    g.add_argument("--offload-capacity-gb", type=float, help="tier capacity per device, GB")
+    g.add_argument("--offload-efficiency", type=float, help="achieved fraction of the tier's link bandwidth")
+    g.add_argument("--offload", default="manual", choices=OFFLOAD_POLICIES,
+                   help="placement: manual (use --offload-weights/--offload-kv), or auto_kv / auto_weights: the "
+                        "least offload that fits device memory, KV cache or weights first")
+    g.add_argument("--offload-weights", type=float, default=0.0, help="share of weight bytes in the tier (manual)")
+    g.add_argument("--offload-kv", type=float, default=0.0, help="share of KV-cache bytes in the tier (manual)")
 
 
 def _design_point(args):
     """``(arch, workload, system, efficiency)`` from :func:`_design_point_arguments`."""
     arch = presets.load_model(args.model)
-    system = presets.load_hardware(args.hardware)
+    system = _with_offload(presets.load_hardware(args.hardware), args)
     eff = presets.load_calibration(args.calibration)
     wl = Workload(
         batch=args.batch if "batch" in args else 1, input_tokens=args.input_tokens, output_tokens=args.output_tokens,
         tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype,
         attention_impl=args.attention, lm_head_tokens=args.lm_head_tokens, sequence_parallel=args.sequence_parallel,
         memory_utilization=args.memory_utilization, chunk_tokens=getattr(args, "chunk_tokens", None) or 512,
+        offload_weights=args.offload_weights, offload_kv=args.offload_kv, offload_policy=args.offload,
     )
     return arch, wl, system, eff
+
+
+def _with_offload(system, args):
+    """``system`` with the offload tier the arguments describe (a named tier, then overrides)."""
+    spec = {}
+    if args.offload_tier:
+        spec["tier"] = args.offload_tier
+    for flag, key, scale in (("offload_bw_gbps", "bandwidth_Bps", 1e9), ("offload_capacity_gb", "capacity_bytes", 1e9),
+                             ("offload_efficiency", "efficiency", 1.0)):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag) * scale
+    if not spec:
+        return system
+    if "tier" not in spec:  # overrides of the preset's own tier
+        tier = system.offload
+        spec = {"bandwidth_Bps": tier.bandwidth_Bps, "capacity_bytes": tier.capacity_bytes,
+                "efficiency": tier.efficiency, **spec}
+    return eqx.tree_at(lambda s: s.offload, system, presets.offload_from_dict(spec))
 
 
 def cmd_predict(args) -> int:
@@ -109,6 +148,8 @@ def cmd_predict(args) -> int:
         table = table[table["repeat"] > 0]
         cols = ["phase", "op", "repeat", "flops", "weight_bytes", "act_bytes", "kv_bytes", "comm_bytes",
                 "tensor_s", "vector_s", "memory_s", "comm_s", "time_s", "total_s", "bound"]
+        if (table["offload_bytes"] > 0).any():
+            cols[-3:-3] = ["offload_bytes", "offload_s"]
         print(table[cols].to_string(index=False), file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -126,6 +167,10 @@ def _print_summary(r: dict) -> None:
         ("largest batch that fits", f"{r['max_batch']:.0f}"),
         ("status", r["status_text"]),
     ]
+    if r["offload_capacity_bytes"] > 0 or r["offload_bytes"] > 0:
+        lines.insert(-2, ("offload tier", f"{r['offload_bytes'] / 1e9:.2f} GB of {r['offload_capacity_bytes'] / 1e9:.2f}"
+                                          f" GB (weights {100 * r['offload_weights']:.1f}%, KV "
+                                          f"{100 * r['offload_kv']:.1f}%)"))
     if "chunked_step_s" in r:
         lines.insert(4, ("chunked step", f"{r['chunked_step_s'] * 1e3:.3f} ms"))
     if "usd_per_mtok" in r:  # a microarchitecture-level chip is also priced

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from . import _checks, memory_tech
 from .area import Die
@@ -263,6 +264,49 @@ class Interconnect(eqx.Module):
         _checks.non_negative(self.collective_latency_s, "Interconnect", "collective_latency_s")
 
 
+class OffloadMemory(eqx.Module):
+    """A second, slower and larger memory tier behind each device (GenZ Sec. III-B).
+
+    Host DRAM over PCIe, CPU memory over NVLink-C2C, a CXL memory expander: each device has
+    its own link to a share of it. Weight and KV-cache bytes placed there (see
+    ``Workload.offload_weights`` / ``offload_kv``) stream over the link, concurrently with
+    device-memory traffic. Named tiers ship as data (:func:`jaxmodel.presets.load_offload`).
+
+    Every system carries one; the default (:meth:`none`) has zero bandwidth and zero
+    capacity, so systems with and without a tier share one pytree structure (they stack
+    into one vmapped batch) and a sweep may vary the tier from absent to present.
+
+    Attributes:
+        bandwidth_Bps: per-device, per-direction link bandwidth in bytes/s (0: no tier).
+        capacity_bytes: slow-tier bytes available to each device (0: no tier).
+        efficiency: achieved fraction of the link bandwidth (GenZ's Eff_omem), in (0, 1].
+    """
+
+    bandwidth_Bps: jax.Array
+    capacity_bytes: jax.Array
+    efficiency: jax.Array
+
+    def __init__(self, bandwidth_Bps, capacity_bytes, efficiency=1.0):
+        o = "OffloadMemory"
+        self.bandwidth_Bps = _checks.as_float(bandwidth_Bps, o, "bandwidth_Bps")
+        self.capacity_bytes = _checks.as_float(capacity_bytes, o, "capacity_bytes")
+        self.efficiency = _checks.as_float(efficiency, o, "efficiency")
+        _checks.non_negative(self.bandwidth_Bps, o, "bandwidth_Bps")
+        _checks.non_negative(self.capacity_bytes, o, "capacity_bytes")
+        _checks.fraction(self.efficiency, o, "efficiency")
+
+    @classmethod
+    def none(cls) -> "OffloadMemory":
+        """No second tier: nothing fits in it (zero capacity, zero bandwidth)."""
+        return cls(0.0, 0.0, 1.0)
+
+    @property
+    def seconds_per_byte(self) -> jax.Array:
+        """Link time per byte. An absent link (0 B/s) counts as 1 B/s, so a point that
+        offloads without a tier gets finite (absurd) times beside its does-not-fit status."""
+        return 1.0 / jnp.maximum(self.bandwidth_Bps * self.efficiency, 1.0)
+
+
 class System(eqx.Module):
     """Chips joined by a scale-up domain (e.g. NVLink within a node) and a scale-out network.
 
@@ -276,6 +320,8 @@ class System(eqx.Module):
         scale_out: network between domains.
         economics: prices and power assumptions for cost, TDP and energy (see
             :class:`jaxmodel.cost.Economics`); used only with a :class:`SystolicChip`.
+        offload: the slower, larger memory tier behind each device
+            (:meth:`OffloadMemory.none` by default: no tier).
     """
 
     chip: Chip | SystolicChip
@@ -283,10 +329,14 @@ class System(eqx.Module):
     scale_up: Interconnect
     scale_out: Interconnect
     economics: Economics
+    offload: OffloadMemory
 
     def __init__(self, chip: Chip | SystolicChip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect,
-                 economics: Economics | None = None):
+                 economics: Economics | None = None, offload: OffloadMemory | None = None):
         self.chip = chip
+        if offload is not None and not isinstance(offload, OffloadMemory):
+            raise ValueError("System.offload must be an OffloadMemory (or None: no second tier)")
+        self.offload = OffloadMemory.none() if offload is None else offload
         self.economics = Economics() if economics is None else economics
         self.devices_per_node = _checks.as_float(devices_per_node, "System", "devices_per_node")
         _checks.positive(self.devices_per_node, "System", "devices_per_node", integer=True)
@@ -298,4 +348,5 @@ class System(eqx.Module):
         that sweeps can vary bandwidth or peak FLOP/s directly at the roofline level."""
         if isinstance(self.chip, Chip):
             return self
-        return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out, self.economics)
+        return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out, self.economics,
+                      self.offload)

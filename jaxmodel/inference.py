@@ -68,6 +68,7 @@ def run_step(arch: Architecture, wl: Workload, system: System, eff: Efficiency, 
              groups: tuple[str, ...] = ops.GROUPS) -> StepResult:
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity must be one of {sorted(FIDELITIES)} (got {fidelity!r})")
+    wl = memory.place(arch, wl, system)  # an automatic offload policy's fractions
     table = ops.build_op_table(arch, wl, step, system.devices_per_node, groups)
     times = FIDELITIES[fidelity](table, system, eff, wl.compute_dtype, sharpness)
     sums = {ops.LAYER: 0.0, ops.HEAD: 0.0, ops.PIPELINE: 0.0}
@@ -133,7 +134,7 @@ def chunked(arch, wl, system, eff, sharpness=None, fidelity="roofline") -> tuple
     return single_pass_s(r) + eff.host_overhead_s(sequences + 1.0), r
 
 
-def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
+def status_code(arch: Architecture, wl: Workload, fits, offload_fits=True) -> jax.Array:
     """Status bits (see :mod:`jaxmodel.status`) computed from traced values."""
     def not_divisible(a, b):
         return jnp.mod(a, b) != 0
@@ -152,6 +153,7 @@ def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
     bad_pp = wl.pp > arch.n_layers
     code = (
         jnp.where(fits, 0, status.DOES_NOT_FIT)
+        | jnp.where(offload_fits, 0, status.OFFLOAD_FULL)
         | jnp.where(bad_tp, status.INVALID_TP, 0)
         | jnp.where(bad_ep, status.INVALID_EP, 0)
         | jnp.where(bad_pp, status.INVALID_PP, 0)
@@ -160,26 +162,59 @@ def status_code(arch: Architecture, wl: Workload, fits) -> jax.Array:
 
 
 def memory_metrics(arch, wl, system, prefill_result: StepResult) -> dict[str, jax.Array]:
-    m = micro_batches(wl)
-    weights = memory.weight_bytes_per_device(arch, wl)
-    # Beams share their prompt's cache; each extra beam keeps its own generated tokens'.
-    kv = (memory.kv_cache_bytes_per_device(arch, wl, wl.batch, wl.input_tokens + wl.output_tokens)
-          + memory.kv_cache_bytes_per_device(arch, wl, wl.batch * (wl.beam_width - 1.0), wl.output_tokens))
-    acts = memory.activation_bytes(prefill_result.table, arch, wl, wl.batch / m * wl.input_tokens)
-    total = weights + kv + acts
+    """Memory use per device across device memory and the offload tier (``System.offload``).
+
+    ``weight_bytes``, ``kv_cache_bytes`` and ``activation_bytes`` are what the device's
+    share of the model needs wherever it lives; ``memory_bytes`` is the device-memory part
+    (activations plus the weights and KV not offloaded), ``offload_bytes`` the part in the
+    offload tier, whose per-device capacity is ``offload_capacity_bytes``. ``fits`` needs
+    both to fit; a point that fits only thanks to offload is an ordinary (fitting) point.
+    ``offload_weights`` / ``offload_kv`` are the fractions used (the plan's, under an
+    automatic ``Workload.offload_policy``).
+
+    ``max_batch`` is the largest batch that fits (KV and activations grow in proportion to
+    the batch, for batch >= pp): with the ``"manual"`` policy at the given fractions (both
+    tiers must hold their share); with an automatic policy, the largest for which some
+    placement fits: the two tiers pooled, activations on the device.
+    """
+    weights, kv, acts = memory.footprint(arch, wl, prefill_result.table, system.devices_per_node)
+    if wl.offload_policy == "manual":
+        f_w, f_kv = wl.offload_weights, wl.offload_kv
+    else:
+        f_w, f_kv = memory.offload_plan(arch, wl, system, memory._PREFER[wl.offload_policy],
+                                        memory.Footprint(weights, kv, acts))
+    slow_w, slow_kv = f_w * weights, f_kv * kv
+    device = (weights - slow_w) + (kv - slow_kv) + acts
+    offloaded = slow_w + slow_kv
     usable = system.chip.mem_capacity_bytes * wl.memory_utilization
-    # KV and activations grow in proportion to the batch (for batch >= pp).
-    per_sequence = (kv + acts) / wl.batch
-    max_batch = jnp.maximum(jnp.floor((usable - weights) / per_sequence), 0.0)
+    capacity = system.offload.capacity_bytes
+    if wl.offload_policy == "manual":
+        per_sequence = ((kv - slow_kv) + acts) / wl.batch
+        by_device = jnp.floor((usable - (weights - slow_w)) / per_sequence)
+        slow_per_sequence = slow_kv / wl.batch
+        has_slow = slow_per_sequence > 0
+        by_tier = jnp.where(has_slow, jnp.floor((capacity - slow_w) / jnp.where(has_slow, slow_per_sequence, 1.0)),
+                            jnp.inf)
+        max_batch = jnp.maximum(jnp.minimum(by_device, by_tier), 0.0)
+    else:
+        by_both = jnp.floor((usable * (1.0 - memory.plan_slack(usable)) + capacity - weights) / ((kv + acts) / wl.batch))
+        by_activations = jnp.floor(usable / (acts / wl.batch))
+        max_batch = jnp.maximum(jnp.minimum(by_both, by_activations), 0.0)
+    tier_fits = offloaded <= capacity
     return {
         "weight_bytes": weights,
         "kv_cache_bytes": kv,
         "activation_bytes": acts,
-        "memory_bytes": total,
+        "memory_bytes": device,
         "usable_memory_bytes": usable,
-        "memory_headroom_bytes": usable - total,
-        "fits": total <= usable,
+        "memory_headroom_bytes": usable - device,
+        "fits": (device <= usable) & tier_fits,
         "max_batch": max_batch,
+        "offload_bytes": offloaded,
+        "offload_capacity_bytes": capacity,
+        "offload_fits": tier_fits,
+        "offload_weights": jnp.zeros_like(weights) + f_w,
+        "offload_kv": jnp.zeros_like(weights) + f_kv,
     }
 
 
@@ -192,8 +227,9 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
     efficiency factors) or ``"systolic"`` (:mod:`jaxmodel.perf.systolic`, which needs a
     :class:`~jaxmodel.hardware.SystolicChip`).
     """
-    prefill_s, pre = prefill(arch, wl, system, eff, sharpness, fidelity)
-    decode_s, dec = decode(arch, wl, system, eff, sharpness, fidelity)
+    placed = memory.place(arch, wl, system)  # the offload fractions, decided once
+    prefill_s, pre = prefill(arch, placed, system, eff, sharpness, fidelity)
+    decode_s, dec = decode(arch, placed, system, eff, sharpness, fidelity)
     e2e = prefill_s + (wl.output_tokens - 1.0) * decode_s
     out = {
         "prefill_s": prefill_s,
@@ -207,9 +243,9 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency,
     }
     out["throughput_per_device_tok_s"] = out["throughput_tok_s"] / wl.devices
     if chunked_step:
-        out["chunked_step_s"], _ = chunked(arch, wl, system, eff, sharpness, fidelity)
+        out["chunked_step_s"], _ = chunked(arch, placed, system, eff, sharpness, fidelity)
     out.update(memory_metrics(arch, wl, system, pre))
-    out["status"] = status_code(arch, wl, out["fits"])
+    out["status"] = status_code(arch, wl, out["fits"], out.pop("offload_fits"))
     if isinstance(system.chip, SystolicChip):
         priced = economics_metrics(wl, system, pre, dec, prefill_s, decode_s, e2e)
         out["status"] = out["status"] | priced.pop("chip_status")

@@ -1,4 +1,5 @@
-"""Device memory: weights, KV cache and activations per device, a fits flag, the largest batch.
+"""Device memory: weights, KV cache and activations per device, a fits flag, the largest batch;
+and their placement across device memory and a slower offload tier (:func:`offload_plan`).
 
 Per-device layout follows :mod:`jaxmodel.workload`: TP shards attention heads, FFN widths
 and the vocabulary; EP divides routed experts (attention and dense layers replicated);
@@ -9,6 +10,7 @@ stage) or LM head (last stage).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +105,84 @@ def activation_bytes(table: ops.OpTable, arch: Architecture, wl: Workload, token
     # With sequence parallelism each TP rank keeps only its 1/tp share of the residual stream.
     residual_tokens = tokens / wl.ep / (wl.tp if wl.sequence_parallel else 1.0)
     return largest + residual_tokens * arch.d_model * wl.act_bytes
+
+
+# ---- the offload tier --------------------------------------------------------------------
+class Footprint(NamedTuple):
+    """Bytes one device needs for a point (all tiers together; see :func:`footprint`)."""
+
+    weights: jax.Array
+    kv: jax.Array
+    activations: jax.Array
+
+
+def footprint(arch: Architecture, wl: Workload, prefill_table: ops.OpTable | None = None,
+              devices_per_node=8.0) -> Footprint:
+    """Weights, KV cache (every sequence at its full length, beams included) and peak
+    activations of a prefill micro-batch, on the fullest device.
+
+    ``prefill_table`` is the op table of one prefill micro-batch (built here if not given;
+    only its activation bytes are used).
+    """
+    m = jnp.minimum(wl.pp, wl.batch)
+    weights = weight_bytes_per_device(arch, wl)
+    # Beams share their prompt's cache; each extra beam keeps its own generated tokens'.
+    kv = (kv_cache_bytes_per_device(arch, wl, wl.batch, wl.input_tokens + wl.output_tokens)
+          + kv_cache_bytes_per_device(arch, wl, wl.batch * (wl.beam_width - 1.0), wl.output_tokens))
+    if prefill_table is None:
+        prefill_table = ops.build_op_table(arch, wl, ops.prefill_step(wl, wl.batch / m), devices_per_node,
+                                           groups=("prompt",))
+    acts = activation_bytes(prefill_table, arch, wl, wl.batch / m * wl.input_tokens)
+    return Footprint(weights, kv, acts)
+
+
+def _share(excess, available):
+    """Least share of ``available`` bytes covering ``excess`` bytes (clipped to [0, 1])."""
+    return jnp.clip(excess / jnp.where(available > 0, available, 1.0), 0.0, 1.0)
+
+
+def plan_slack(usable: jax.Array) -> jax.Array:
+    """Relative headroom an automatic plan leaves in device memory: four roundings of the
+    dtype (5e-7 in float32, where one ulp of 80 GB is 8 KB; 9e-16 in float64), so that
+    rounding cannot leave a planned point a few bytes over capacity."""
+    return 4.0 * jnp.finfo(jnp.result_type(usable)).eps
+
+
+def offload_plan(arch: Architecture, wl: Workload, system, prefer: str = "kv",
+                 need: Footprint | None = None) -> tuple[jax.Array, jax.Array]:
+    """Least ``(offload_weights, offload_kv)`` that make the point fit device memory.
+
+    Device memory is filled first: with ``E = W + KV + A - U`` bytes over the usable
+    capacity ``U = capacity · memory_utilization`` (activations ``A`` always stay on the
+    device; a point over capacity is brought to ``U·(1 - plan_slack)``), ``prefer="kv"``
+    moves ``min(E, KV)`` bytes of KV cache and then the rest of
+    ``E`` from the weights; ``prefer="weights"`` the other way round. Both are zero when the
+    point already fits. A point that cannot fit (activations alone exceed ``U``) gets
+    everything offloaded and is flagged by :func:`jaxmodel.inference.memory_metrics`, as is
+    a plan that overflows the tier's capacity. Traced: vmappable and differentiable
+    (piecewise linear in the sizes).
+    """
+    if prefer not in ("kv", "weights"):
+        raise ValueError(f"offload_plan: prefer must be 'kv' or 'weights' (got {prefer!r})")
+    need = footprint(arch, wl, None, system.devices_per_node) if need is None else need
+    usable = system.chip.mem_capacity_bytes * wl.memory_utilization
+    total = need.weights + need.kv + need.activations
+    excess = jnp.where(total > usable, total - usable * (1.0 - plan_slack(usable)), 0.0)
+    first, second = (need.kv, need.weights) if prefer == "kv" else (need.weights, need.kv)
+    f_first = _share(excess, first)
+    f_second = _share(excess - first, second)
+    return (f_second, f_first) if prefer == "kv" else (f_first, f_second)
+
+
+#: Workload.offload_policy -> which kind offload_plan moves first.
+_PREFER = {"auto_kv": "kv", "auto_weights": "weights"}
+
+
+def place(arch: Architecture, wl: Workload, system) -> Workload:
+    """``wl`` with its offload fractions decided: unchanged under the ``"manual"`` policy,
+    else set by :func:`offload_plan` (and the policy turned to ``"manual"``, so placing again
+    is a no-op)."""
+    if wl.offload_policy == "manual":
+        return wl
+    f_w, f_kv = offload_plan(arch, wl, system, _PREFER[wl.offload_policy])
+    return wl.replace(offload_weights=f_w, offload_kv=f_kv, offload_policy="manual")

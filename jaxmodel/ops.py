@@ -112,6 +112,9 @@ class OpTable(eqx.Module):
         lhs_bytes, rhs_bytes, out_bytes: of a matmul or attention row, the bytes of its left
             operand (activations, queries), right operand (weights, keys/values) and result,
             each counted once; the rest of the row's bytes (cache writes) are extra traffic.
+        offload_bytes: of those bytes, the ones that cross the offload link instead of
+            device memory: ``Workload.offload_weights`` of the weight bytes plus
+            ``Workload.offload_kv`` of the KV bytes (0 without offload).
         comm_bytes: collective payload (see :mod:`jaxmodel.perf.comm` for its meaning).
         group_size: devices taking part in the collective (1: no communication).
         group_stride: distance between consecutive group members in device order.
@@ -135,6 +138,7 @@ class OpTable(eqx.Module):
     lhs_bytes: tuple[jax.Array, ...]
     rhs_bytes: tuple[jax.Array, ...]
     out_bytes: tuple[jax.Array, ...]
+    offload_bytes: tuple[jax.Array, ...]
 
     def stacked(self, column: str) -> jax.Array:
         """One column as an array with the row axis last."""
@@ -142,6 +146,16 @@ class OpTable(eqx.Module):
 
     def total_bytes(self, i: int) -> jax.Array:
         return self.weight_bytes[i] + self.act_bytes[i] + self.kv_bytes[i]
+
+    def device_bytes(self, i: int) -> jax.Array:
+        """Bytes row ``i`` moves to/from device memory (all of them without offload)."""
+        return self.total_bytes(i) - self.offload_bytes[i]
+
+    def offload_share(self, i: int) -> jax.Array:
+        """Share of row ``i``'s weight and KV bytes that lives in the offload tier (0 when
+        the row has none)."""
+        placed = self.weight_bytes[i] + self.kv_bytes[i]
+        return jnp.where(placed > 0, self.offload_bytes[i] / jnp.where(placed > 0, placed, 1.0), 0.0)
 
 
 class Step(NamedTuple):
@@ -257,11 +271,15 @@ class _Rows:
             repeat=repeat, comm_bytes=payload, group_size=size, group_stride=stride,
         )
 
-    def table(self) -> OpTable:
+    def table(self, offload_weights, offload_kv) -> OpTable:
+        """The table; ``offload_weights`` / ``offload_kv`` of each row's weight / KV bytes
+        are placed in the offload tier."""
         columns = {}
         for field in self._FIELDS:
             default = 1.0 if field in ("group_size", "group_stride") else 0.0
             columns[field] = tuple(jnp.asarray(v.get(field, default), dtype=self.dtype) for v in self.values)
+        columns["offload_bytes"] = tuple(
+            offload_weights * w + offload_kv * kv for w, kv in zip(columns["weight_bytes"], columns["kv_bytes"]))
         return OpTable(rows=tuple(self.infos), **columns)
 
 
@@ -327,7 +345,7 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     _embedding_and_head(rows, arch, wl, step, tokens)
 
     _pipeline_sends(rows, wl, payload=tokens * d * a, devices_per_node=devices_per_node)
-    return rows.table()
+    return rows.table(wl.offload_weights, wl.offload_kv)
 
 
 def _tp_sync(rows, wl, prefix, block, *, repeat, payload):

@@ -39,7 +39,8 @@ from .predict import breakdown, check_parallelism
 from .sweep import evaluate_points
 from .workload import Workload
 
-BOUND_COLORS = {"tensor": "tab:red", "vector": "tab:purple", "memory": "tab:blue", "network": "tab:green"}
+BOUND_COLORS = {"tensor": "tab:red", "vector": "tab:purple", "memory": "tab:blue", "network": "tab:green",
+                "offload": "tab:orange"}
 PHASE_MARKERS = {"prefill": "o", "decode": "^"}
 PHASES = ("prefill", "decode")
 _CLOUD_LIMIT = 200_000  # above this, the candidate cloud is a random subsample

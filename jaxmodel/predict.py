@@ -100,10 +100,11 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
 
     Columns: ``phase``, ``op``, ``kind``, ``block``, ``collective``, ``repeat``, ``m``, ``n``,
     ``k``, ``matmuls``, ``flops``, ``vector_flops``, ``weight_bytes``, ``act_bytes``,
-    ``kv_bytes``, ``comm_bytes``, ``group_size``, ``time_s`` (one execution), ``total_s``
-    (times ``repeat``), the parts of one execution ``tensor_s``, ``vector_s``, ``memory_s``
-    and ``comm_s`` (they overlap, so ``time_s`` is not their sum), and ``bound``
-    (``tensor``, ``vector``, ``memory`` or ``network``). With a microarchitecture-level
+    ``kv_bytes``, ``comm_bytes``, ``group_size``, ``offload_bytes`` (of the bytes, those on
+    the offload link), ``time_s`` (one execution), ``total_s`` (times ``repeat``), the parts
+    of one execution ``tensor_s``, ``vector_s``, ``memory_s`` (device memory), ``offload_s``
+    (offload link) and ``comm_s`` (they overlap, so ``time_s`` is not their sum), and
+    ``bound`` (``tensor``, ``vector``, ``memory``, ``offload`` or ``network``). With a microarchitecture-level
     chip also ``energy_j`` (one execution on one device, GenZ eq. 2, wall energy) and
     ``total_energy_j`` (times ``repeat``).
     """
@@ -127,11 +128,14 @@ def breakdown(arch: Architecture, wl: Workload, system: System, efficiency: Effi
         times = r.row_times
         cols["time_s"] = np.asarray(times.time, dtype=float)
         cols["total_s"] = cols["time_s"] * cols["repeat"]
-        terms = np.stack([np.asarray(times.tensor), np.asarray(times.vector), np.asarray(times.memory)])
+        terms = np.stack([np.asarray(times.tensor), np.asarray(times.vector), np.asarray(times.memory),
+                          np.asarray(times.offload)])
         collective = np.array(cols["kind"]) == ops.COLLECTIVE
-        cols["tensor_s"], cols["vector_s"], cols["memory_s"] = (np.asarray(x, dtype=float) for x in terms)
+        cols["offload_bytes"] = np.asarray(t.offload_bytes, dtype=float)
+        cols["tensor_s"], cols["vector_s"], cols["memory_s"], cols["offload_s"] = (np.asarray(x, dtype=float)
+                                                                                   for x in terms)
         cols["comm_s"] = np.where(collective, cols["time_s"], 0.0)
-        bound = np.array(["tensor", "vector", "memory"], dtype=object)[np.argmax(terms, axis=0)]
+        bound = np.array(["tensor", "vector", "memory", "offload"], dtype=object)[np.argmax(terms, axis=0)]
         cols["bound"] = np.where(collective, "network", bound)
         if energies is not None:
             cols["energy_j"] = np.asarray(energies, dtype=float)

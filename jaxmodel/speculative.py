@@ -103,7 +103,7 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency, 
     speculative_kv = (memory.kv_cache_bytes_per_device(arch, wl, wl.batch, full_context + spec.tokens - 1.0)
                       - plain["kv_cache_bytes"])
     total = plain["memory_bytes"] + draft_weights + draft_kv + speculative_kv
-    fits = total <= plain["usable_memory_bytes"]
+    fits = (total <= plain["usable_memory_bytes"]) & (plain["offload_bytes"] <= plain["offload_capacity_bytes"])
     draft_status = inference.status_code(spec.draft, wl, True)
     code = inference.status_code(arch, wl, fits) | draft_status
 

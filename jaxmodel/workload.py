@@ -29,6 +29,8 @@ DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "
 ACTIVATION_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
 
 ATTENTION_IMPLS = ("flash", "unfused")
+#: How weights and KV cache are placed across device memory and the offload tier.
+OFFLOAD_POLICIES = ("manual", "auto_kv", "auto_weights")
 LM_HEAD_TOKENS = ("last", "all")
 
 
@@ -44,6 +46,11 @@ class Workload(eqx.Module):
         sequence_parallel: if True, each TP all-reduce becomes a reduce-scatter plus an
             all-gather, and the norms and residual adds between them run on ``1/tp`` of the
             tokens (Megatron-style sequence parallelism).
+        offload_policy: placement across device memory and the system's offload tier
+            (``System.offload``): ``"manual"`` uses ``offload_weights`` / ``offload_kv`` as
+            given; ``"auto_kv"`` and ``"auto_weights"`` replace them by the least offload
+            that makes the point fit device memory, moving KV cache first (then weights) or
+            weights first (then KV); see :func:`jaxmodel.memory.offload_plan`.
 
     Array leaves:
         batch: concurrent sequences.
@@ -65,12 +72,17 @@ class Workload(eqx.Module):
         weight_density: fraction of weight bytes stored and streamed under weight sparsity
             (1: dense); FLOPs are unchanged (GenZ Table V). Fold a sparse format's index
             overhead in, e.g. 2:4 sparsity of 16-bit weights with 2-bit indices: 0.5625.
+        offload_weights, offload_kv: share in [0, 1] of the weight bytes and of the KV-cache
+            bytes kept in the offload tier (0: all in device memory). Each operator streams
+            that share of its weight / KV traffic over the offload link, the rest (and all
+            activations) from device memory.
     """
 
     compute_dtype: str = eqx.field(static=True)
     attention_impl: str = eqx.field(static=True)
     lm_head_tokens: str = eqx.field(static=True)
     sequence_parallel: bool = eqx.field(static=True)
+    offload_policy: str = eqx.field(static=True)
 
     batch: jax.Array
     input_tokens: jax.Array
@@ -87,6 +99,8 @@ class Workload(eqx.Module):
     beam_width: jax.Array
     kv_keep: jax.Array
     weight_density: jax.Array
+    offload_weights: jax.Array
+    offload_kv: jax.Array
 
     def __init__(
         self,
@@ -113,6 +127,9 @@ class Workload(eqx.Module):
         beam_width=1,
         kv_keep=1.0,
         weight_density=1.0,
+        offload_weights=0.0,
+        offload_kv=0.0,
+        offload_policy: str = "manual",
     ):
         o = "Workload"
         _checks.one_of(dtype, ACTIVATION_DTYPES, o, "dtype")
@@ -126,6 +143,8 @@ class Workload(eqx.Module):
         self.attention_impl = attention_impl
         self.lm_head_tokens = lm_head_tokens
         self.sequence_parallel = bool(sequence_parallel)
+        _checks.one_of(offload_policy, OFFLOAD_POLICIES, o, "offload_policy")
+        self.offload_policy = offload_policy
         if weight_bytes is None:
             weight_bytes = DTYPE_BYTES[weight_dtype or dtype]
         if act_bytes is None:
@@ -137,7 +156,7 @@ class Workload(eqx.Module):
             ep=ep, weight_bytes=weight_bytes, act_bytes=act_bytes, kv_bytes=kv_bytes,
             memory_utilization=memory_utilization, chunk_tokens=chunk_tokens,
             chunk_prior_tokens=chunk_prior_tokens, beam_width=beam_width, kv_keep=kv_keep,
-            weight_density=weight_density,
+            weight_density=weight_density, offload_weights=offload_weights, offload_kv=offload_kv,
         )
         for name, value in values.items():
             setattr(self, name, _checks.as_float(value, o, name))
@@ -149,6 +168,8 @@ class Workload(eqx.Module):
         _checks.fraction(self.memory_utilization, o, "memory_utilization")
         for name in ("kv_keep", "weight_density"):
             _checks.check_range(getattr(self, name), o, name, low=0.0, high=1.0, low_inclusive=False)
+        for name in ("offload_weights", "offload_kv"):
+            _checks.check_range(getattr(self, name), o, name, low=0.0, high=1.0)
 
     @property
     def stored_weight_bytes(self) -> jax.Array:

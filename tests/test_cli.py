@@ -67,6 +67,19 @@ def test_predict_as_a_subprocess():
     assert_one_line_error(jaxmodel(*PREDICT[:-1], "3"), "Workload.tp = 3 must divide Architecture.n_heads = 32")
 
 
+def test_predict_with_an_offload_tier_as_a_subprocess():
+    """llama-3-70b on one H100 fits only with host DRAM over PCIe 5.0; a fraction > 1 is refused."""
+    args = ["predict", "--model", "llama-3-70b", "--hardware", "h100-sxm", "--batch", "8", "--input-tokens", "1024",
+            "--output-tokens", "256", "--offload-tier", "pcie5-host"]
+    run = jaxmodel(*args, "--offload", "auto_kv", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["fits"] is True and out["offload_kv"] == 1.0 and 0 < out["offload_weights"] < 1
+    assert out["memory_bytes"] == pytest.approx(out["usable_memory_bytes"], rel=1e-6)
+    assert out["offload_capacity_bytes"] == pytest.approx(256e9)
+    assert_one_line_error(jaxmodel(*args, "--offload-weights", "1.5"), "Workload.offload_weights must be >= 0 and <= 1")
+
+
 def test_chip_as_a_subprocess():
     run = jaxmodel("chip", "--hardware", "spad-decode", "--json")
     assert run.returncode == 0, run.stderr

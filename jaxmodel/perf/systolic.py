@@ -32,6 +32,13 @@ read twice (statistics, then normalization).
 **Fused attention** runs both matmuls of every (sequence, KV head) on the arrays with the
 softmax on the vector units, overlapping all three with the DRAM stream of Q, K, V and O.
 
+**Offload tier.** A row's weight and KV bytes placed in the system's offload tier
+(``OpTable.offload_bytes``) stream over the offload link instead of device memory, at the
+same time as the device-memory stream (separate links), so each row's memory side is the
+slower of the two streams. In a matmul, the offloaded share applies to the weight or KV
+operand (``rhs``) and the cache writes (``extra``), which cross the link once per execution;
+further passes of the tiling over the operand read a copy staged in device memory.
+
 Exact mode (``sharpness=None``) takes exact maxima and minima; smooth mode replaces them
 by p-norms (see :mod:`jaxmodel.smooth`), which bounds the difference: the soft maximum of
 two terms is at most 2^(1/p) above, and the soft minimum over the ``n`` candidates at most
@@ -92,14 +99,18 @@ class MatmulTime(NamedTuple):
     time: jax.Array
     tensor: jax.Array  # systolic-array busy time of the chosen tiling (all waves)
     memory: jax.Array  # DRAM transfer time of the chosen tiling
+    offload: jax.Array = 0.0  # offload-link transfer time of the chosen tiling
 
 
 def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, count, lhs_bytes, rhs_bytes,
-                out_bytes, extra_bytes=0.0, sharpness=None) -> MatmulTime:
+                out_bytes, extra_bytes=0.0, offload_share=0.0, offload_s_per_byte=0.0,
+                sharpness=None) -> MatmulTime:
     """Time of ``count`` matmuls ``[m x k] @ [k x n]`` (see the module docstring).
 
     ``lhs_bytes``, ``rhs_bytes`` and ``out_bytes`` are the operand and result bytes of all
     ``count`` matmuls, each counted once; ``extra_bytes`` is other DRAM traffic of the row.
+    ``offload_share`` of the ``rhs`` and ``extra`` traffic crosses the offload link at
+    ``offload_s_per_byte`` seconds per byte instead of device memory.
     The candidate tilings are a trailing array axis, so the whole choice is a few fused
     elementwise kernels.
     """
@@ -157,18 +168,24 @@ def matmul_time(chip: SystolicChip, eff: Efficiency, dtype: str, *, m, n, k, cou
     lhs, rhs = cand(lhs_bytes), cand(rhs_bytes)
     l2_s = (lhs * blocks_n / wave_n + rhs * blocks_m / wave_m + cand(out_bytes) + 2.0 * partials) / cand(l2_Bps)
     reduce_s = (split - 1.0) * cand(out_all / vector_flops)
-    dram = (lhs * _ceil(N_ / block_n, sharpness) + rhs * _ceil(M_ / block_m, sharpness)
-            + cand(out_bytes + extra_bytes))
+    # The offloaded share of the weight / KV operand (rhs) and of the cache writes (extra)
+    # crosses the offload link once; the tiling's further passes over the rhs panel read the
+    # copy staged on the device, as offloading runtimes stage each layer's weights.
+    share = jnp.broadcast_to(offload_share, jnp.shape(M))
+    keep = 1.0 - share
+    dram = (lhs * _ceil(N_ / block_n, sharpness) + (rhs * _ceil(M_ / block_m, sharpness) - rhs * cand(share))
+            + cand(out_bytes + extra_bytes * keep))
     mem_s = dram / cand(mem_Bps)
+    link_s = cand((rhs_bytes + extra_bytes) * share * offload_s_per_byte)
     work_s = soft_max((core_s, l2_s), sharpness) + reduce_s
     stages = tiles * jnp.maximum(k_tile / K_STAGE, 1.0)
-    times = soft_max((work_s, mem_s), sharpness) + jnp.minimum(work_s, mem_s) / stages
+    times = soft_max((work_s, mem_s, link_s), sharpness) + jnp.minimum(work_s, jnp.maximum(mem_s, link_s)) / stages
     best, weights = _pick(times, sharpness)
 
     def chosen(values):
         return jnp.where(busy, jnp.sum(weights * values, axis=-1), 0.0)
 
-    return MatmulTime(jnp.where(busy, best, 0.0), chosen(tensor_s), chosen(mem_s))
+    return MatmulTime(jnp.where(busy, best, 0.0), chosen(tensor_s), chosen(mem_s), chosen(link_s))
 
 
 def vector_time(chip: SystolicChip, eff: Efficiency, *, flops, bytes_moved, rows, row_length, sharpness=None):
@@ -197,10 +214,11 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
             "lanes, systolic arrays, SRAM); this system's chip is datasheet-only. Presets with one: "
             "h100-sxm, a100-sxm-80gb, spad-prefill, spad-decode"
         )
-    time, tensor, vector, memory = [], [], [], []
+    time, tensor, vector, memory, offload = [], [], [], [], []
     zero = jnp.zeros_like(chip.cores)
     mem_Bps = chip.mem_bw_Bps * eff.memory
-    matmuls = _matmul_rows(table, chip, eff, compute_dtype, sharpness)
+    per_offload_byte = system.offload.seconds_per_byte
+    matmuls = _matmul_rows(table, chip, eff, compute_dtype, per_offload_byte, sharpness)
     vectors = _vector_rows(table, chip, eff, sharpness)
     for i, row in enumerate(table.rows):
         overhead = jnp.where(table.flops[i] + table.vector_flops[i] + table.total_bytes(i) > 0,
@@ -208,20 +226,23 @@ def row_times(table: ops.OpTable, system: System, eff: Efficiency, compute_dtype
         if row.kind == ops.COLLECTIVE:
             time.append(collective_time(row.collective, table.comm_bytes[i], table.group_size[i],
                                         table.group_stride[i], system, eff))
-            tensor.append(zero), vector.append(zero), memory.append(zero)
+            tensor.append(zero), vector.append(zero), memory.append(zero), offload.append(zero)
         elif row.kind == ops.GATHER:
-            t = table.total_bytes(i) / mem_Bps
-            time.append(t + overhead), tensor.append(zero), vector.append(zero), memory.append(t)
-        elif row.kind == ops.VECTOR:
+            t = table.device_bytes(i) / mem_Bps
+            link = table.offload_bytes[i] * per_offload_byte
+            time.append(jnp.maximum(t, link) + overhead), tensor.append(zero), vector.append(zero)
+            memory.append(t), offload.append(link)
+        elif row.kind == ops.VECTOR:  # activations only: never offloaded
             t, v, mem = vectors[i]
-            time.append(t + overhead), tensor.append(zero), vector.append(v), memory.append(mem)
+            time.append(t + overhead), tensor.append(zero), vector.append(v), memory.append(mem), offload.append(zero)
         elif row.kind == ops.MATMUL:
             r = matmuls[i]
             time.append(r.time + overhead), tensor.append(r.tensor), vector.append(zero), memory.append(r.memory)
+            offload.append(r.offload)
         else:  # fused attention
-            t, te, v, mem = _fused_attention(chip, eff, compute_dtype, table, i, sharpness)
-            time.append(t + overhead), tensor.append(te), vector.append(v), memory.append(mem)
-    return RowTimes(tuple(time), tuple(tensor), tuple(vector), tuple(memory))
+            t, te, v, mem, link = _fused_attention(chip, eff, compute_dtype, table, i, per_offload_byte, sharpness)
+            time.append(t + overhead), tensor.append(te), vector.append(v), memory.append(mem), offload.append(link)
+    return RowTimes(tuple(time), tuple(tensor), tuple(vector), tuple(memory), tuple(offload))
 
 
 # Rows of one kind are timed in one call, stacked on a new trailing axis: one copy of the model
@@ -240,7 +261,8 @@ def _unstack(rows, parts):
     return {i: tuple(part[..., j] for part in parts) for j, i in enumerate(rows)}
 
 
-def _matmul_rows(table: ops.OpTable, chip: SystolicChip, eff: Efficiency, compute_dtype: str, sharpness):
+def _matmul_rows(table: ops.OpTable, chip: SystolicChip, eff: Efficiency, compute_dtype: str, per_offload_byte,
+                 sharpness):
     """:func:`matmul_time` of every matmul row (``{row index: MatmulTime}``)."""
     rows = [i for i, row in enumerate(table.rows) if row.kind == ops.MATMUL]
     if not rows:
@@ -253,7 +275,9 @@ def _matmul_rows(table: ops.OpTable, chip: SystolicChip, eff: Efficiency, comput
                     for i in rows])
     r = matmul_time(*_per_row(chip, eff), compute_dtype, m=stack(table.m), n=stack(table.n), k=stack(table.k),
                     count=stack(table.matmuls), lhs_bytes=stack(table.lhs_bytes), rhs_bytes=stack(table.rhs_bytes),
-                    out_bytes=stack(table.out_bytes), extra_bytes=jnp.maximum(extra, 0.0), sharpness=sharpness)
+                    out_bytes=stack(table.out_bytes), extra_bytes=jnp.maximum(extra, 0.0),
+                    offload_share=_stack([table.offload_share(i) for i in rows]),
+                    offload_s_per_byte=jnp.expand_dims(per_offload_byte, -1), sharpness=sharpness)
     return {i: MatmulTime(*parts) for i, parts in _unstack(rows, r).items()}
 
 
@@ -268,7 +292,7 @@ def _vector_rows(table: ops.OpTable, chip: SystolicChip, eff: Efficiency, sharpn
     return _unstack(rows, r)
 
 
-def _fused_attention(chip, eff, dtype, table, i, sharpness):
+def _fused_attention(chip, eff, dtype, table, i, per_offload_byte, sharpness):
     """Flash-style attention: scores [q x keys] and context [q x v_dim] on the arrays, the
     softmax on the vector units, Q/K/V/O streamed from DRAM once, all overlapped."""
     m, keys, qk, count = table.m[i], table.n[i], table.k[i], table.matmuls[i]
@@ -288,6 +312,7 @@ def _fused_attention(chip, eff, dtype, table, i, sharpness):
     softmax_rows = count * m
     _, vector_s, _ = vector_time(chip, eff, flops=table.vector_flops[i], bytes_moved=0.0 * m, rows=softmax_rows,
                                  row_length=0.0 * m, sharpness=sharpness)
-    mem_s = table.total_bytes(i) / (chip.mem_bw_Bps * eff.memory)
-    t = soft_max((tensor_s, vector_s, mem_s), sharpness)
-    return jnp.where(busy, t, 0.0), tensor_s, vector_s, mem_s
+    mem_s = table.device_bytes(i) / (chip.mem_bw_Bps * eff.memory)
+    link_s = table.offload_bytes[i] * per_offload_byte
+    t = soft_max((tensor_s, vector_s, mem_s, link_s), sharpness)
+    return jnp.where(busy, t, 0.0), tensor_s, vector_s, mem_s, link_s

@@ -1,5 +1,6 @@
 """Named presets shipped as data files: models (``models/*.json``), systems
-(``hardware/*.json``) and fitted efficiency sets (``calibrations/*.json``).
+(``hardware/*.json``), offload memory tiers (``offload/*.json``) and fitted efficiency sets
+(``calibrations/*.json``).
 
 A model may also be given as a path to a HuggingFace ``config.json`` (or its directory), and
 a calibration as a path to a set written by ``jaxmodel calibrate``.
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..architectures import Architecture, architecture_from_dict
 from ..efficiency import Efficiency, ideal
 from ..area import Die
-from ..hardware import Chip, Interconnect, MemorySystem, SystolicChip, System
+from ..hardware import Chip, Interconnect, MemorySystem, OffloadMemory, SystolicChip, System
 from ..hf_config import load_hf_config
 
 
@@ -34,6 +35,10 @@ def list_models() -> list[str]:
 
 def list_hardware() -> list[str]:
     return _names("hardware")
+
+
+def list_offload() -> list[str]:
+    return _names("offload")
 
 
 def list_calibrations() -> list[str]:
@@ -82,13 +87,50 @@ def chip_from_dict(spec: dict) -> Chip | SystolicChip:
         raise ValueError(f"bad microarchitecture chip spec: {exc}") from exc
 
 
+_OFFLOAD_FIELDS = ("bandwidth_Bps", "capacity_bytes", "efficiency")
+
+
+def offload_spec(name: str) -> dict:
+    """The raw preset dictionary of an offload tier (with its ``sources``)."""
+    return _read("offload", name, "offload tier")
+
+
+def offload_from_dict(spec: dict | str) -> OffloadMemory:
+    """An :class:`OffloadMemory` from a tier name (e.g. ``"pcie5-host"``) or a dict holding
+    ``bandwidth_Bps``, ``capacity_bytes`` and optionally ``efficiency``, or ``"tier"``: a
+    tier name whose fields the other keys override."""
+    if isinstance(spec, str):
+        spec = {"tier": spec}
+    if not isinstance(spec, dict):
+        raise ValueError(f"'offload' must be a tier name or an object (got {spec!r})")
+    fields = dict(offload_spec(spec["tier"])) if "tier" in spec else {}
+    fields.update({k: v for k, v in spec.items() if k != "tier"})
+    unknown = set(fields) - set(_OFFLOAD_FIELDS) - {"name", "description", "sources"}
+    if unknown:
+        raise ValueError(f"offload: unknown fields {sorted(unknown)}; expected {list(_OFFLOAD_FIELDS)} or 'tier'")
+    missing = [k for k in _OFFLOAD_FIELDS[:2] if k not in fields]
+    if missing:
+        raise ValueError(f"offload: missing {missing} (or name a tier with 'tier': one of {list_offload()})")
+    return OffloadMemory(**{k: fields[k] for k in _OFFLOAD_FIELDS if k in fields})
+
+
+def load_offload(name: str) -> OffloadMemory:
+    """A named offload tier: ``pcie5-host``, ``pcie4-host``, ``nvlink-c2c``, ``cxl2-x16``
+    (see ``jaxmodel/presets/offload/*.json`` for figures and sources)."""
+    return offload_from_dict(name)
+
+
 def system_from_dict(spec: dict) -> System:
+    """A system from a hardware preset's dictionary; an optional ``"offload"`` entry (a tier
+    name or an object, see :func:`offload_from_dict`) adds a second memory tier."""
     chip = chip_from_dict(spec["chip"])
+    offload = spec.get("offload")
     return System(
         chip=chip,
         devices_per_node=spec["devices_per_node"],
         scale_up=Interconnect(**spec["scale_up"]),
         scale_out=Interconnect(**spec["scale_out"]),
+        offload=None if offload is None else offload_from_dict(offload),
     )
 
 
