@@ -271,7 +271,7 @@ class _Rows:
             repeat=repeat, comm_bytes=payload, group_size=size, group_stride=stride,
         )
 
-    def table(self, offload_weights, offload_kv) -> OpTable:
+    def table(self, offload_weights=0.0, offload_kv=0.0) -> OpTable:
         """The table; ``offload_weights`` / ``offload_kv`` of each row's weight / KV bytes
         are placed in the offload tier."""
         columns = {}
