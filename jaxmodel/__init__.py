@@ -17,6 +17,7 @@ from .efficiency import Efficiency as Efficiency
 from .efficiency import ideal as ideal
 from .hardware import Chip as Chip
 from .hardware import Interconnect as Interconnect
+from .hardware import NetworkLevel as NetworkLevel
 from .hardware import OffloadMemory as OffloadMemory
 from .hardware import System as System
 from .hf_config import load_hf_config as load_hf_config

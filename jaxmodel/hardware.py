@@ -240,28 +240,54 @@ class SystolicChip(eqx.Module):
 
 
 class Interconnect(eqx.Module):
-    """One network level (alpha-beta model).
+    """The links of one network level (alpha-beta model).
 
     Attributes:
         bandwidth_Bps: per-device, per-direction injection bandwidth in bytes/s.
         link_latency_s: alpha, the latency added per step of a ring/pairwise algorithm.
         collective_latency_s: fixed start-up cost of one collective call (launch and
             synchronization), paid once per collective whatever the group size.
+        efficiency: achieved fraction of ``bandwidth_Bps`` on this level's links (GenZ's
+            per-dimension Eff_link); it multiplies with ``Efficiency.scale_up`` (level 0) or
+            ``Efficiency.scale_out`` (every outer level).
     """
 
     bandwidth_Bps: jax.Array
     link_latency_s: jax.Array
     collective_latency_s: jax.Array
+    efficiency: jax.Array
 
-    def __init__(self, bandwidth_Bps, link_latency_s, collective_latency_s=0.0):
+    def __init__(self, bandwidth_Bps, link_latency_s, collective_latency_s=0.0, efficiency=1.0):
         self.bandwidth_Bps = _checks.as_float(bandwidth_Bps, "Interconnect", "bandwidth_Bps")
         self.link_latency_s = _checks.as_float(link_latency_s, "Interconnect", "link_latency_s")
         self.collective_latency_s = _checks.as_float(
             collective_latency_s, "Interconnect", "collective_latency_s"
         )
+        self.efficiency = _checks.as_float(efficiency, "Interconnect", "efficiency")
         _checks.positive(self.bandwidth_Bps, "Interconnect", "bandwidth_Bps")
         _checks.non_negative(self.link_latency_s, "Interconnect", "link_latency_s")
         _checks.non_negative(self.collective_latency_s, "Interconnect", "collective_latency_s")
+        _checks.fraction(self.efficiency, "Interconnect", "efficiency")
+
+
+class NetworkLevel(eqx.Module):
+    """A network level between the scale-up domain and the scale-out network: ``size``
+    blocks of the level inside it, joined by ``link``.
+
+    Attributes:
+        size: blocks of the next inner level in one block of this level (whole number).
+        link: the level's links.
+    """
+
+    size: jax.Array
+    link: Interconnect
+
+    def __init__(self, size, link: Interconnect):
+        self.size = _checks.as_float(size, "NetworkLevel", "size")
+        _checks.positive(self.size, "NetworkLevel", "size", integer=True)
+        if not isinstance(link, Interconnect):
+            raise ValueError("NetworkLevel.link must be an Interconnect")
+        self.link = link
 
 
 class OffloadMemory(eqx.Module):
@@ -308,20 +334,25 @@ class OffloadMemory(eqx.Module):
 
 
 class System(eqx.Module):
-    """Chips joined by a scale-up domain (e.g. NVLink within a node) and a scale-out network.
+    """Chips joined by a hierarchy of networks (GenZ's multi-dimensional ICN).
 
-    A collective whose group fits inside one scale-up domain uses ``scale_up``; one that
-    spans domains is limited by ``scale_out``.
+    Level 0 is the scale-up domain (``devices_per_node`` devices on ``scale_up``); each of
+    ``middle_levels`` joins ``size`` blocks of the level inside it; the outermost level,
+    ``scale_out``, joins any number of the largest blocks. Devices are numbered so that a
+    block of every level is a contiguous range. A collective is timed level by level, on
+    the levels its group spans (see :mod:`jaxmodel.perf.comm`).
 
     Attributes:
         chip: the accelerator.
         devices_per_node: size of the scale-up domain.
         scale_up: network inside the domain.
-        scale_out: network between domains.
+        scale_out: the outermost network, between the largest blocks.
         economics: prices and power assumptions for cost, TDP and energy (see
             :class:`jaxmodel.cost.Economics`); used only with a :class:`SystolicChip`.
         offload: the slower, larger memory tier behind each device
             (:meth:`OffloadMemory.none` by default: no tier).
+        middle_levels: levels between the two, innermost first (default none: the classic
+            two-level node + cluster network).
     """
 
     chip: Chip | SystolicChip
@@ -330,9 +361,10 @@ class System(eqx.Module):
     scale_out: Interconnect
     economics: Economics
     offload: OffloadMemory
+    middle_levels: tuple[NetworkLevel, ...]
 
     def __init__(self, chip: Chip | SystolicChip, devices_per_node, scale_up: Interconnect, scale_out: Interconnect,
-                 economics: Economics | None = None, offload: OffloadMemory | None = None):
+                 economics: Economics | None = None, offload: OffloadMemory | None = None, middle_levels=()):
         self.chip = chip
         if offload is not None and not isinstance(offload, OffloadMemory):
             raise ValueError("System.offload must be an OffloadMemory (or None: no second tier)")
@@ -342,6 +374,22 @@ class System(eqx.Module):
         _checks.positive(self.devices_per_node, "System", "devices_per_node", integer=True)
         self.scale_up = scale_up
         self.scale_out = scale_out
+        middle_levels = tuple(middle_levels)
+        for i, level in enumerate(middle_levels):
+            if not isinstance(level, NetworkLevel):
+                raise ValueError(f"System.middle_levels[{i}] must be a NetworkLevel (got {type(level).__name__})")
+        self.middle_levels = middle_levels
+
+    @property
+    def level_sizes(self) -> tuple[jax.Array, ...]:
+        """Sizes of the bounded levels, innermost first: ``devices_per_node``, then each middle
+        level's ``size`` (the outermost level is unbounded)."""
+        return (self.devices_per_node, *(level.size for level in self.middle_levels))
+
+    @property
+    def links(self) -> tuple[Interconnect, ...]:
+        """Every level's links, innermost first: scale-up, middle levels, scale-out."""
+        return (self.scale_up, *(level.link for level in self.middle_levels), self.scale_out)
 
     def datasheet(self) -> System:
         """This system with its chip at datasheet level (derived peaks as plain leaves), so
@@ -349,4 +397,4 @@ class System(eqx.Module):
         if isinstance(self.chip, Chip):
             return self
         return System(self.chip.datasheet(), self.devices_per_node, self.scale_up, self.scale_out, self.economics,
-                      self.offload)
+                      self.offload, self.middle_levels)

@@ -69,7 +69,7 @@ def run_step(arch: Architecture, wl: Workload, system: System, eff: Efficiency, 
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity must be one of {sorted(FIDELITIES)} (got {fidelity!r})")
     wl = memory.place(arch, wl, system)  # an automatic offload policy's fractions
-    table = ops.build_op_table(arch, wl, step, system.devices_per_node, groups)
+    table = ops.build_op_table(arch, wl, step, system.level_sizes, groups)
     times = FIDELITIES[fidelity](table, system, eff, wl.compute_dtype, sharpness)
     sums = {ops.LAYER: 0.0, ops.HEAD: 0.0, ops.PIPELINE: 0.0}
     slowest_send = jnp.zeros_like(arch.d_model)

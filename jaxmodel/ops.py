@@ -291,7 +291,8 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
                    groups: tuple[str, ...] = GROUPS) -> OpTable:
     """Rows of one forward step on one device (see the module docstring for the layout).
 
-    ``devices_per_node`` (the scale-up domain size) places pipeline stages on nodes.
+    ``devices_per_node`` (the scale-up domain size, or the tuple of bounded network level
+    sizes, :attr:`jaxmodel.hardware.System.level_sizes`) places pipeline stages on levels.
     ``groups`` (static) lists the request groups the step can hold; leaving out one that
     is known to be empty (the decode group of a prefill) drops its rows from the program.
     """
@@ -362,18 +363,37 @@ def _tp_sync(rows, wl, prefix, block, *, repeat, payload):
 
 
 def _pipeline_sends(rows, wl, *, payload, devices_per_node):
-    """Stage-to-stage transfers, split by whether the boundary crosses a node.
+    """Stage-to-stage transfers, one row per network level (the level each boundary crosses).
 
-    Stages of ``tp * ep`` devices are placed contiguously, so of the ``pp - 1`` boundaries
-    ``ceil(pp * tp * ep / node) - 1`` fall between nodes (all of them once a stage fills a node).
+    ``devices_per_node`` is the scale-up domain size or the tuple of bounded level sizes
+    (scale-up domain, then each middle level; see :attr:`jaxmodel.hardware.System.level_sizes`).
+    Stages of ``T = tp * ep`` devices are placed contiguously, so of the ``pp - 1`` boundaries
+
+        b_i = clip(ceil(pp · T / P_i) - 1, 0, pp - 1)
+
+    cross a block boundary of level i (``P_i`` devices per block; all of them once a stage
+    fills a block, none for the unbounded outermost level). A boundary crossing level i - 1
+    blocks but not level i ones travels on level i: ``b_{i-1} - b_i`` sends there (``b_{-1} =
+    pp - 1``), so the rows' repeats sum to ``pp - 1``. The row of level i has stride
+    ``P_{i-1}`` (1 for level 0), which :mod:`jaxmodel.perf.comm` places on that level.
     """
+    sizes = tuple(devices_per_node) if isinstance(devices_per_node, (tuple, list)) else (devices_per_node,)
     boundaries = wl.pp - 1.0
-    crossing = jnp.clip(jnp.ceil(wl.pp * wl.tp * wl.ep / devices_per_node) - 1.0, 0.0, boundaries)
-    # Stride 1 keeps a pair inside a node; a stride of one node puts it across two.
-    rows.collective("pp_send", "pipeline", SEND_RECV, repeat=boundaries - crossing, payload=payload,
-                    size=2.0, stride=1.0, group=PIPELINE)
-    rows.collective("pp_send_across_nodes", "pipeline", SEND_RECV, repeat=crossing, payload=payload,
-                    size=2.0, stride=devices_per_node, group=PIPELINE)
+    span = wl.pp * wl.tp * wl.ep
+    crossing_below, stride = boundaries, jnp.ones_like(boundaries)
+    names = ["pp_send"] + [f"pp_send_level{i}" for i in range(1, len(sizes))] + ["pp_send_across_nodes"]
+    block = 1.0
+    for i, name in enumerate(names):
+        if i < len(sizes):
+            block = block * sizes[i]
+            # ceil(span / P) - 1 block boundaries lie strictly inside the span; written with a
+            # half-device margin so whole-number inputs sit off the step.
+            crossing = jnp.clip(jnp.floor((span - 0.5) / block), 0.0, boundaries)
+        else:
+            crossing = jnp.zeros_like(boundaries)
+        rows.collective(name, "pipeline", SEND_RECV, repeat=crossing_below - crossing, payload=payload,
+                        size=2.0, stride=stride, group=PIPELINE)
+        crossing_below, stride = crossing, block * jnp.ones_like(boundaries)
 
 
 def _attention_core(rows, wl, name, *, repeat, seqs, new, past, window, heads, kv_heads,

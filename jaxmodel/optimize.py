@@ -355,7 +355,7 @@ def _case_metrics(problem: SizingProblem, system: System, sharpness) -> dict:
         else:
             # Memory needs only the prefill's op table (its largest activations), not its timing.
             m = inference.micro_batches(wl)
-            table = ops.build_op_table(problem.arch, wl, ops.prefill_step(wl, wl.batch / m), system.devices_per_node,
+            table = ops.build_op_table(problem.arch, wl, ops.prefill_step(wl, wl.batch / m), system.level_sizes,
                                        ("prompt",))
         if case.timed and case.phase == "decode":
             t, _ = inference.decode(problem.arch, wl, system, eff, sharpness, problem.fidelity)

@@ -59,6 +59,10 @@ def _resolve(point: DesignPoint, path: str, check_leaf: bool = False):
             if part not in obj:
                 raise ValueError(f"sweep path {path!r}: no key {part!r} (have {sorted(obj)})")
             obj = obj[part]
+        elif isinstance(obj, tuple):
+            if not (part.isdigit() and int(part) < len(obj)):
+                raise ValueError(f"sweep path {path!r}: {part!r} is not an index below {len(obj)}")
+            obj = obj[int(part)]
         elif isinstance(obj, eqx.Module) and part in {f.name for f in dataclasses.fields(obj)}:
             obj = getattr(obj, part)
         elif isinstance(obj, eqx.Module) and hasattr(obj, part):

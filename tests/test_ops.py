@@ -164,9 +164,10 @@ def test_collective_formulas_by_hand():
         t0 + 6 * alpha + 2 * 3 / 4 * S / bw, rel=1e-5)
     assert float(collective_time(ops.ALL_TO_ALL, S, 8.0, 1.0, h100, eff)) == pytest.approx(
         t0 + 7 * alpha + 7 / 8 * S / bw, rel=1e-5)
-    # 16 ranks span two 8-GPU nodes: the ring is limited by the 50 GB/s scale-out links.
+    # 16 ranks span two 8-GPU nodes: hierarchical, a ring of 8 on NVLink over the whole buffer,
+    # then a ring of 2 on the 50 GB/s scale-out links over the 1/8 each GPU holds after it.
     assert float(collective_time(ops.ALL_REDUCE, S, 16.0, 1.0, h100, eff)) == pytest.approx(
-        t0 + 30 * 10e-6 + 2 * 15 / 16 * S / 50e9, rel=1e-5)
+        t0 + 14 * alpha + 2 * 7 / 8 * S / bw + 2 * 10e-6 + 2 * 1 / 2 * (S / 8) / 50e9, rel=1e-5)
     assert float(collective_time(ops.ALL_REDUCE, S, 1.0, 1.0, h100, eff)) == 0.0
     half = jm.Efficiency(scale_up=0.5)
     assert float(collective_time(ops.SEND_RECV, S, 2.0, 1.0, h100, half)) == pytest.approx(

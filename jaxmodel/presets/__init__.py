@@ -17,7 +17,7 @@ from pathlib import Path
 from ..architectures import Architecture, architecture_from_dict
 from ..efficiency import Efficiency, ideal
 from ..area import Die
-from ..hardware import Chip, Interconnect, MemorySystem, OffloadMemory, SystolicChip, System
+from ..hardware import Chip, Interconnect, MemorySystem, NetworkLevel, OffloadMemory, SystolicChip, System
 from ..hf_config import load_hf_config
 
 
@@ -120,17 +120,56 @@ def load_offload(name: str) -> OffloadMemory:
     return offload_from_dict(name)
 
 
+def _interconnect(spec, field: str) -> Interconnect:
+    if not isinstance(spec, dict):
+        raise ValueError(f"hardware spec: {field} must be an object with bandwidth_Bps, link_latency_s "
+                         f"[, collective_latency_s, efficiency] (got {spec!r})")
+    try:
+        return Interconnect(**spec)
+    except TypeError as exc:
+        raise ValueError(f"hardware spec: bad {field}: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"hardware spec: {field}: {exc}") from exc
+
+
+def _middle_levels(spec) -> tuple[NetworkLevel, ...]:
+    """``middle_levels``: a list of ``{"size", "bandwidth_Bps", "link_latency_s"
+    [, "collective_latency_s", "efficiency"]}``, innermost first."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, list):
+        raise ValueError(f"hardware spec: middle_levels must be a list of levels (got {spec!r})")
+    levels = []
+    for i, level in enumerate(spec):
+        field = f"middle_levels[{i}]"
+        if not isinstance(level, dict) or "size" not in level:
+            raise ValueError(f"hardware spec: {field} must be an object with a 'size' and its link figures "
+                             f"(got {level!r})")
+        link = {k: v for k, v in level.items() if k != "size"}
+        try:
+            levels.append(NetworkLevel(level["size"], _interconnect(link, field)))
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if field in message else f"hardware spec: {field}: {message}") from exc
+    return tuple(levels)
+
+
 def system_from_dict(spec: dict) -> System:
-    """A system from a hardware preset's dictionary; an optional ``"offload"`` entry (a tier
-    name or an object, see :func:`offload_from_dict`) adds a second memory tier."""
+    """A :class:`System` from a hardware preset dictionary: ``chip``, ``devices_per_node``,
+    ``scale_up``, ``scale_out`` and optionally ``middle_levels`` (see :func:`_middle_levels`)
+    and ``offload`` (a second memory tier: a tier name or an object, see :func:`offload_from_dict`)."""
+    for key in ("chip", "devices_per_node", "scale_up", "scale_out"):
+        if key not in spec:
+            raise ValueError(f"hardware spec: missing {key!r}")
     chip = chip_from_dict(spec["chip"])
     offload = spec.get("offload")
     return System(
         chip=chip,
         devices_per_node=spec["devices_per_node"],
-        scale_up=Interconnect(**spec["scale_up"]),
-        scale_out=Interconnect(**spec["scale_out"]),
+        scale_up=_interconnect(spec["scale_up"], "scale_up"),
+        scale_out=_interconnect(spec["scale_out"], "scale_out"),
         offload=None if offload is None else offload_from_dict(offload),
+        middle_levels=_middle_levels(spec.get("middle_levels")),
     )
 
 
