@@ -224,17 +224,21 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(tmp_path):
 
 
 def test_sharded_over_four_devices_gives_identical_rows(tmp_path):
+    """Both runs are child processes with the same XLA flags but the device count, so the
+    only difference is the sharding of the point axis. Integer columns (points, status,
+    flags) must match exactly; float32 metrics to within 2 ulp, because XLA compiles a
+    different loop shape per shard (23 points instead of 90), and its vectorized body and
+    scalar remainder may contract multiply-adds differently (1 ulp seen in ttft_s)."""
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(small_spec(chunk_size=90)))  # not a multiple of 4: padded per chunk
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    run = subprocess.run(_cli(path, "--out", tmp_path / "four", "--json"), capture_output=True, text=True, env=env)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["devices"] == 4
-    import jax
-
-    assert jax.local_device_count() == 1
-    one = sweep_run.load_results(_run(tmp_path / "one", small_spec(chunk_size=90)))
-    pd.testing.assert_frame_equal(sweep_run.load_results(tmp_path / "four"), one, check_exact=True)
+    for devices in (1, 4):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        run = subprocess.run(_cli(path, "--out", tmp_path / str(devices), "--json"), capture_output=True, text=True,
+                             env=env)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["devices"] == devices
+    pd.testing.assert_frame_equal(sweep_run.load_results(tmp_path / "4"), sweep_run.load_results(tmp_path / "1"),
+                                  check_exact=False, rtol=2.5e-7, atol=0.0)
 
 
 def test_sweep_cli_bad_input_is_one_line(tmp_path):
