@@ -3,8 +3,6 @@ kernel models exactly as calibration predicts the measured kernel, and they stay
 differentiable and vectorizable."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,8 @@ import jaxmodel as jm
 from calibration.ops import attention as attention_ops
 from jaxmodel import ops
 from jaxmodel.perf import roofline
+
+from .conftest import run_cli
 
 SETS = {"h100-vllm": "h100-sxm", "a100-vllm": "a100-sxm-80gb"}
 GPU = {"h100-vllm": "h100_sxm", "a100-vllm": "a100_sxm"}
@@ -112,19 +112,15 @@ def test_unknown_calibration_names_the_choices():
         jm.load_calibration("h100-vlm")
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmodel.cli", *args], capture_output=True, text=True, timeout=300)
-
-
 def test_cli_predict_with_a_fitted_set_and_a_bad_one():
     args = ["predict", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--batch", "4", "--input-tokens", "256",
             "--output-tokens", "16", "--json"]
-    ideal = json.loads(_cli(*args).stdout)
-    fitted = _cli(*args, "--calibration", "h100-vllm")
+    ideal = json.loads(run_cli(*args).stdout)
+    fitted = run_cli(*args, "--calibration", "h100-vllm")
     assert fitted.returncode == 0, fitted.stderr
     fitted = json.loads(fitted.stdout)
     assert fitted["calibration"] == "h100-vllm" and fitted["decode_step_s"] > ideal["decode_step_s"]
-    bad = _cli(*args, "--calibration", "nope")
+    bad = run_cli(*args, "--calibration", "nope")
     assert bad.returncode == 2 and "unknown calibration 'nope'" in bad.stderr
 
 
@@ -142,13 +138,13 @@ def test_cli_calibrate_fits_a_users_kernels_and_predict_loads_the_result(tmp_pat
     path = tmp_path / "kernels.csv"
     gemms.to_csv(path, index=False)
     out = tmp_path / "mine.json"
-    done = _cli("calibrate", "--hardware", "h100-sxm", "--kernels", str(path), "--out", str(out))
+    done = run_cli("calibrate", "--hardware", "h100-sxm", "--kernels", str(path), "--out", str(out))
     assert done.returncode == 0, done.stderr
     spec = json.loads(out.read_text())
     assert spec["gemm"]["rows"] == 300 and spec["gemm"]["in_sample"]["geomean_pct"] < 5
     assert "attention" not in spec  # no attention rows were given
-    predicted = _cli("predict", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--batch", "4", "--input-tokens",
+    predicted = run_cli("predict", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--batch", "4", "--input-tokens",
                      "256", "--output-tokens", "16", "--calibration", str(out), "--json")
     assert predicted.returncode == 0, predicted.stderr
-    bad = _cli("calibrate", "--hardware", "h100-sxm", "--out", str(tmp_path / "x.json"))
+    bad = run_cli("calibrate", "--hardware", "h100-sxm", "--out", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "--kernels" in bad.stderr

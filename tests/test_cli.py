@@ -1,7 +1,6 @@
 """The command-line contract (DESIGN.md section 8) and the main job at smoke size."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,8 @@ import pandas as pd
 import pytest
 
 from jaxmodel.cli import COMMANDS, build_parser, main
+
+from .conftest import run_cli
 
 PREDICT = ["predict", "--model", "llama-3-8b", "--hardware", "a100-sxm-80gb", "--batch", "4",
            "--input-tokens", "512", "--output-tokens", "64", "--tp", "2"]
@@ -47,10 +48,10 @@ def test_errors_are_one_line(capsys, args, message):
     assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err
 
 
-def jaxmodel(*args, timeout=300, env=None):
+def jaxmodel(*args, timeout=300):
     """Run the command line as a user does: a separate process."""
     return subprocess.run([sys.executable, "-m", "jaxmodel.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout)
 
 
 def assert_one_line_error(run, message):
@@ -60,6 +61,7 @@ def assert_one_line_error(run, message):
 
 
 def test_predict_as_a_subprocess():
+    """The installed entry point, as a user runs it; the other command tests run in this process."""
     run = jaxmodel(*PREDICT, "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
@@ -67,62 +69,60 @@ def test_predict_as_a_subprocess():
     assert_one_line_error(jaxmodel(*PREDICT[:-1], "3"), "Workload.tp = 3 must divide Architecture.n_heads = 32")
 
 
-def test_predict_with_an_offload_tier_as_a_subprocess():
+def test_predict_with_an_offload_tier():
     """llama-3-70b on one H100 fits only with host DRAM over PCIe 5.0; a fraction > 1 is refused."""
     args = ["predict", "--model", "llama-3-70b", "--hardware", "h100-sxm", "--batch", "8", "--input-tokens", "1024",
             "--output-tokens", "256", "--offload-tier", "pcie5-host"]
-    run = jaxmodel(*args, "--offload", "auto_kv", "--json")
+    run = run_cli(*args, "--offload", "auto_kv", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["fits"] is True and out["offload_kv"] == 1.0 and 0 < out["offload_weights"] < 1
     assert out["memory_bytes"] == pytest.approx(out["usable_memory_bytes"], rel=1e-6)
     assert out["offload_capacity_bytes"] == pytest.approx(256e9)
-    assert_one_line_error(jaxmodel(*args, "--offload-weights", "1.5"), "Workload.offload_weights must be >= 0 and <= 1")
+    assert_one_line_error(run_cli(*args, "--offload-weights", "1.5"), "Workload.offload_weights must be >= 0 and <= 1")
 
 
-def test_chip_as_a_subprocess():
-    run = jaxmodel("chip", "--hardware", "spad-decode", "--json")
+def test_chip_command():
+    run = run_cli("chip", "--hardware", "spad-decode", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["total_cost_usd"] == pytest.approx(out["die_cost_usd"] + out["memory_cost_usd"], rel=1e-6)
-    assert_one_line_error(jaxmodel("chip", "--hardware", "b200"), "need a chip described at microarchitecture level")
-    assert_one_line_error(jaxmodel("chip", "--hardware", "h100-sxm", "--memory-price", "hbm3"),
+    assert_one_line_error(run_cli("chip", "--hardware", "b200"), "need a chip described at microarchitecture level")
+    assert_one_line_error(run_cli("chip", "--hardware", "h100-sxm", "--memory-price", "hbm3"),
                           "expected TECHNOLOGY=USD_PER_GIB")
 
 
-def test_bench_as_a_subprocess():
-    run = jaxmodel("bench", "--json", "--points", "20000", "--chunk-size", "4096", "--no-genz")
+def test_bench_command():
+    run = run_cli("bench", "--json", "--points", "20000", "--chunk-size", "4096", "--no-genz")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["points"] >= 10000 and out["points_per_s"] > 0 and out["compile_s"] > 0
-    assert_one_line_error(jaxmodel("bench", "--points", "0"), "--points must be >= 1 (got 0)")
+    assert_one_line_error(run_cli("bench", "--points", "0"), "--points must be >= 1 (got 0)")
 
 
-def test_explore_as_a_subprocess(tmp_path):
-    run = jaxmodel("explore", "--resolution", "4", "--out", tmp_path)
+def test_explore_command(tmp_path):
+    run = run_cli("explore", "--resolution", "4", "--out", tmp_path)
     assert run.returncode == 0, run.stderr
     assert "best chips" in run.stdout and "reference h100-sxm" in run.stdout
     assert (tmp_path / "explore.png").stat().st_size > 10_000
     assert (tmp_path / "best_per_chip.csv").exists()
-    assert_one_line_error(jaxmodel("explore", "--resolution", "1"), "--resolution must be >= 2")
+    assert_one_line_error(run_cli("explore", "--resolution", "1"), "--resolution must be >= 2")
 
 
-def test_list_as_a_subprocess():
-    run = jaxmodel("list")
+def test_list_command():
+    run = run_cli("list")
     assert run.returncode == 0 and "llama-3-70b" in run.stdout and "h100-vllm" in run.stdout
-    assert_one_line_error(jaxmodel("list", "--colour"), "unrecognized arguments: --colour")
+    assert_one_line_error(run_cli("list", "--colour"), "unrecognized arguments: --colour")
 
 
-def test_size_chip_as_a_subprocess():
-    # Compile time dominates this small problem; XLA's cheaper optimization level halves it.
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    run = jaxmodel("size-chip", "--scale", "smoke", "--starts", "2", "--json", env=env, timeout=600)
+def test_size_chip_command():
+    run = run_cli("size-chip", "--scale", "smoke", "--starts", "2", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["phase"] == "prefill" and out["feasible"] and all(v <= 1.0 + 1e-6 for v in out["constraints"].values())
 
 
-def test_every_command_has_help_with_examples_and_a_subprocess_test():
+def test_every_command_has_help_with_examples_and_a_test():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == set(COMMANDS)
@@ -140,12 +140,11 @@ def test_every_command_has_help_with_examples_and_a_subprocess_test():
     (["--starts", "0"], "SolverSettings.starts must be >= 1"),
 ])
 def test_size_chip_bad_input_is_one_line(args, message):
-    assert_one_line_error(jaxmodel("size-chip", "--scale", "smoke", *args), message)
+    assert_one_line_error(run_cli("size-chip", "--scale", "smoke", *args), message)
 
 
-def run_provision(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "jaxmodel.cli", "provision", *args],
-                          capture_output=True, text=True, timeout=timeout)
+def run_provision(*args):
+    return run_cli("provision", *args)
 
 
 def test_provision_on_a_user_trace(tmp_path):
@@ -170,7 +169,7 @@ def test_provision_on_a_user_trace(tmp_path):
     (["--trace", "no/such/trace.csv", "--rate", "1"], "no/such/trace.csv"),
 ])
 def test_provision_bad_input_is_one_line(args, message):
-    run = run_provision(*args, timeout=300)
+    run = run_provision(*args)
     assert run.returncode == 2
     err = run.stderr.strip()
     assert err.startswith("jaxmodel: error:") and message in err and "\n" not in err

@@ -5,10 +5,6 @@ positions on the roofline, bar lengths against predict's step times and memory, 
 front against results.pareto.
 """
 
-import pathlib
-import subprocess
-import sys
-
 import equinox as eqx
 import matplotlib
 import numpy as np
@@ -21,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import jaxmodel as jm  # noqa: E402
 from jaxmodel import plots, results, sensitivity  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from .conftest import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +206,7 @@ def test_throughput_frontier_maximizes_per_user_and_per_device_tokens():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmodel.cli", "plot", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return run_cli("plot", *args)
 
 
 def test_cli_plot_roofline_writes_a_png(tmp_path):

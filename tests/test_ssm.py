@@ -405,9 +405,12 @@ def test_vmap_over_state_size_and_gradient(h100):
 
 
 def test_hybrid_evaluates_in_systolic_fidelity():
+    """Jamba (attention, Mamba and MoE layers) on the systolic model: finite and no faster than the roofline of the
+    same chip, in every phase."""
     system = jm.load_hardware("h100-sxm")
     wl = jm.Workload(batch=8, input_tokens=1024, output_tokens=64, tp=2)
-    for name in ("jamba-v0.1", "mamba2-2.7b"):
-        out = jm.predict(jm.load_model(name), wl, system, IDEAL, fidelity="systolic", chunked_step=True)
-        for key in ("prefill_s", "decode_step_s", "chunked_step_s"):
-            assert math.isfinite(out[key]) and out[key] > 0
+    arch = jm.load_model("jamba-v0.1")
+    out = jm.predict(arch, wl, system, IDEAL, fidelity="systolic", chunked_step=True)
+    bound = jm.predict(arch, wl, system, IDEAL, fidelity="roofline", chunked_step=True)
+    for key in ("prefill_s", "decode_step_s", "chunked_step_s"):
+        assert math.isfinite(out[key]) and out[key] >= bound[key] * (1 - 1e-6) > 0, key

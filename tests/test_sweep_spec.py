@@ -232,7 +232,8 @@ def test_sharded_over_four_devices_gives_identical_rows(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(small_spec(chunk_size=90)))  # not a multiple of 4: padded per chunk
     for devices in (1, 4):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        env = {**os.environ, "XLA_FLAGS": flags}
         run = subprocess.run(_cli(path, "--out", tmp_path / str(devices), "--json"), capture_output=True, text=True,
                              env=env)
         assert run.returncode == 0, run.stderr
