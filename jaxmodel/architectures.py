@@ -310,6 +310,14 @@ class Architecture(eqx.Module):
         return self.n_layers - self.n_dense_layers if self.moe else jnp.zeros_like(self.n_layers)
 
     @property
+    def n_dense_ffn_layers(self) -> jax.Array:
+        """Non-MoE layers that carry a dense FFN: all ``n_dense_layers``, except in an SSM
+        model whose ``d_ff = 0`` marks Mamba blocks without one."""
+        if self.ssm is None:
+            return self.n_dense_layers
+        return self.n_dense_layers * (self.d_ff > 0)
+
+    @property
     def n_attention_layers(self) -> jax.Array:
         """Layers whose mixer is attention (all of them without an SSM)."""
         return self.n_layers - self.n_ssm_layers
@@ -439,6 +447,15 @@ def ssm_parameters(arch: Architecture, tp=1.0) -> jax.Array:
     return common + 3.0 * z["heads"] + inner
 
 
+def layer_mixer_parameters(arch: Architecture, attention, ssm, norms) -> jax.Array:
+    """All layers' mixers and norms, from per-layer counts: ``attention`` in each attention
+    layer, ``ssm`` in each SSM layer and ``norms`` in every layer (unsharded or per device,
+    as the counts given)."""
+    if arch.ssm is None:
+        return arch.n_layers * (attention + norms)
+    return arch.n_attention_layers * attention + arch.n_ssm_layers * ssm + arch.n_layers * norms
+
+
 def parameter_breakdown(arch: Architecture) -> dict[str, jax.Array]:
     """Parameter counts per component (elements, not bytes), unsharded.
 
@@ -472,15 +489,10 @@ def _parameters(arch: Architecture, routed_experts) -> jax.Array:
     """Parameters counting ``routed_experts`` routed experts per MoE layer."""
     p = parameter_breakdown(arch)
     moe_layer = routed_experts * p["expert"] + p["shared_experts_per_layer"] + p["router_per_layer"]
-    if arch.ssm is None:
-        mixers = arch.n_layers * (p["attention_per_layer"] + p["norms_per_layer"])
-    else:
-        mixers = (arch.n_attention_layers * p["attention_per_layer"] + arch.n_ssm_layers * p["ssm_per_layer"]
-                  + arch.n_layers * p["norms_per_layer"])
-    ffn_layers = arch.n_dense_layers if arch.ssm is None else arch.n_dense_layers * (arch.d_ff > 0)
+    mixers = layer_mixer_parameters(arch, p["attention_per_layer"], p["ssm_per_layer"], p["norms_per_layer"])
     return (
         mixers
-        + ffn_layers * p["dense_ffn_per_layer"]
+        + arch.n_dense_ffn_layers * p["dense_ffn_per_layer"]
         + arch.n_moe_layers * moe_layer
         + p["embedding"]
         + p["lm_head"]

@@ -1,8 +1,8 @@
 """Import a HuggingFace ``config.json`` into an :class:`~jaxmodel.architectures.Architecture`.
 
 Supported ``model_type`` values: llama, mistral, mixtral, qwen2, gemma2, deepseek_v2,
-deepseek_v3, bloom, and the state-space families mamba, falcon_mamba, mamba2 and jamba. An unknown type or a missing required field is a ``ValueError`` that
-names the file and the field.
+deepseek_v3, bloom, and the state-space families mamba, falcon_mamba, mamba2 and jamba. An
+unknown type or a missing required field is a ``ValueError`` that names the file and the field.
 """
 
 from __future__ import annotations

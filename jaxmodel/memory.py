@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from . import ops
-from .architectures import NORM_PARAMS, Architecture, attention_parameters, ssm_parameters, ssm_sizes
+from .architectures import (NORM_PARAMS, Architecture, attention_parameters, layer_mixer_parameters,
+                            ssm_parameters, ssm_sizes)
 from .smooth import ceil_straight_through
 from .workload import Workload
 
@@ -32,12 +33,8 @@ def weight_bytes_per_device(arch: Architecture, wl: Workload) -> jax.Array:
     up = arch.ffn_up_matrices
     norms = arch.norms_per_layer * NORM_PARAMS[arch.norm] * d
     dense_ffn = (up + 1.0) * d * arch.d_ff / tp + arch.linear_bias * (up * arch.d_ff / tp + d)
-    if arch.ssm is None:
-        attention = attention_parameters(arch, tp) + norms
-        layers = arch.n_layers * attention + arch.n_dense_layers * dense_ffn
-    else:
-        layers = (arch.n_attention_layers * attention_parameters(arch, tp) + arch.n_ssm_layers * ssm_parameters(arch, tp)
-                  + arch.n_layers * norms + arch.n_dense_layers * (arch.d_ff > 0) * dense_ffn)
+    layers = (layer_mixer_parameters(arch, attention_parameters(arch, tp), ssm_parameters(arch, tp), norms)
+              + arch.n_dense_ffn_layers * dense_ffn)
     if arch.moe:
         experts = arch.n_experts / ep * (up + 1.0) * d * arch.moe_d_ff / tp
         shared = arch.n_shared_experts * (up + 1.0) * d * arch.shared_d_ff / tp

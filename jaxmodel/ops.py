@@ -329,9 +329,7 @@ def build_op_table(arch: Architecture, wl: Workload, step: Step, devices_per_nod
     if arch.ssm is not None:
         _ssm_mixer(rows, arch, wl, step, tokens, groups)
 
-    n_dense = arch.n_dense_layers
-    if arch.ssm is not None:
-        n_dense = n_dense * (arch.d_ff > 0)  # d_ff = 0: Mamba blocks without an FFN
+    n_dense = arch.n_dense_ffn_layers
     ff = arch.d_ff / tp
     rows.matmul("ffn_up", "ffn", repeat=n_dense, m=tokens, n=up * ff, k=d, w_bytes=w, a_bytes=a)
     rows.vector("ffn_activation", "ffn", repeat=n_dense, elements_read=up * tokens * ff,
