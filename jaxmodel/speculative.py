@@ -103,9 +103,10 @@ def evaluate(arch: Architecture, wl: Workload, system: System, eff: Efficiency, 
     speculative_kv = (memory.kv_cache_bytes_per_device(arch, wl, wl.batch, full_context + spec.tokens - 1.0)
                       - plain["kv_cache_bytes"])
     total = plain["memory_bytes"] + draft_weights + draft_kv + speculative_kv
-    fits = (total <= plain["usable_memory_bytes"]) & (plain["offload_bytes"] <= plain["offload_capacity_bytes"])
+    offload_fits = plain["offload_bytes"] <= plain["offload_capacity_bytes"]  # as in inference.memory_metrics
+    fits = (total <= plain["usable_memory_bytes"]) & offload_fits
     draft_status = inference.status_code(spec.draft, wl, True)
-    code = inference.status_code(arch, wl, fits) | draft_status
+    code = inference.status_code(arch, wl, fits, offload_fits) | draft_status
 
     e2e = plain["ttft_s"] + (wl.output_tokens - 1.0) * tpot
     out = {f"plain_{k}": plain[k] for k in ("tpot_s", "e2e_latency_s", "throughput_tok_s", "memory_bytes")}

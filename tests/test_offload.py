@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxmodel as jm
-from jaxmodel import inference, memory, presets, status
+from jaxmodel import inference, memory, presets, speculative, status
 from jaxmodel.predict import evaluate_jit
 
 
@@ -177,6 +177,9 @@ def test_auto_plan_zero_when_it_fits_and_flags_a_small_tier():
     assert not out["fits"] and float(out["offload_bytes"]) > 10e9
     assert int(out["status"]) & status.OFFLOAD_FULL and int(out["status"]) & status.DOES_NOT_FIT
     assert np.isfinite(float(out["tpot_s"]))
+    # served with speculative decoding, the same overflowing tier sets the same bits
+    spec = speculative.evaluate(arch70, wl, small, jm.ideal(), speculative.SpeculativeDecoding(arch, 4, 0.7))
+    assert not spec["fits"] and int(spec["status"]) & status.OFFLOAD_FULL and int(spec["status"]) & status.DOES_NOT_FIT
     # no tier at all: the plan still says how much would have to go, and the point does not fit
     out = evaluate(arch70, wl, jm.load_hardware("h100-sxm").datasheet())
     assert not out["fits"] and np.isfinite(float(out["tpot_s"]))
